@@ -1,0 +1,39 @@
+"""pytest-forgetguard: gate fine-tuned models on drift from their base.
+
+Run ``pytest --forgetguard --fg-base BASE --fg-candidate CANDIDATE``; see the
+README for fixtures, suite files and reports. Public names are importable
+from here without importing torch::
+
+    from pytest_forgetguard import KLBudgetExceeded, DriftExceeded
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CapabilityForgotten,
+    CheckFailed,
+    DriftExceeded,
+    ForgetguardError,
+    IncompatibleModelsError,
+    KLBudgetExceeded,
+    ModelLoadError,
+    NonFiniteError,
+    PromptFileError,
+    SuiteError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CapabilityForgotten",
+    "CheckFailed",
+    "DriftExceeded",
+    "ForgetguardError",
+    "IncompatibleModelsError",
+    "KLBudgetExceeded",
+    "ModelLoadError",
+    "NonFiniteError",
+    "PromptFileError",
+    "SuiteError",
+    "__version__",
+]

@@ -1,0 +1,58 @@
+"""pytest collection of suite files: one item per check."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from .errors import CheckFailed, SuiteError
+from .suite import CheckSpec, Suite, load_suite
+
+
+class SuiteFile(pytest.File):
+    """A ``forgetguard*.yaml`` file; invalid files fail collection with the reason."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            suite = load_suite(self.path)
+        except SuiteError as exc:
+            raise self.CollectError(str(exc)) from None
+        for check in suite.checks:
+            yield CheckItem.from_parent(self, name=check.name, check=check, suite=suite)
+
+
+class CheckItem(pytest.Item):
+    def __init__(self, *, check: CheckSpec, suite: Suite, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check = check
+        self.suite = suite
+        self.add_marker(pytest.mark.forgetguard)
+
+    def runtest(self) -> None:
+        from .plugin import SESSION_KEY
+
+        session = self.config.stash[SESSION_KEY]
+        if not session.settings.enabled:
+            pytest.skip("forgetguard is off: run pytest with --forgetguard to enable it")
+        candidates = session.candidate_specs(self.suite.candidates)
+        spec = candidates[0] if candidates else None
+        try:
+            fg = session.forgetguard(spec, name=self.check.name, suite_base=self.suite.base)
+        except Exception as exc:
+            session.record_error(self.check.name, self.check.kind, spec or "-", exc)
+            raise
+        from .session import run_check
+
+        run_check(fg, self.check)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
+        if isinstance(excinfo.value, (CheckFailed,)) or excinfo.errisinstance(Exception):
+            from .errors import ForgetguardError
+
+            if isinstance(excinfo.value, (CheckFailed, ForgetguardError, ValueError)):
+                return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Any, int, str]:
+        return self.path, 0, f"forgetguard {self.check.kind} check: {self.check.name}"

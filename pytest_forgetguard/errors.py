@@ -1,0 +1,67 @@
+"""Exceptions raised by pytest-forgetguard.
+
+Two families: :class:`ForgetguardError` for bad input or an impossible
+computation (the check *errored*), and :class:`CheckFailed` subclasses of
+``AssertionError`` for a check that ran and did not hold (the check *failed*).
+"""
+
+from __future__ import annotations
+
+
+class ForgetguardError(Exception):
+    """Bad input or a computation that cannot give a trustworthy number."""
+
+
+class ModelLoadError(ForgetguardError):
+    """A model SPEC could not be resolved or loaded."""
+
+
+class IncompatibleModelsError(ForgetguardError):
+    """Base and candidate cannot be compared (tokenizer or vocabulary differ)."""
+
+
+class NonFiniteError(ForgetguardError):
+    """A NaN or infinity in weights, logits or a result: never averaged away."""
+
+
+class PromptFileError(ForgetguardError):
+    """A prompt file is missing, empty or malformed."""
+
+
+class SuiteError(ForgetguardError):
+    """A suite file is malformed; the message names the file, check and key."""
+
+
+class MissingDependencyError(ForgetguardError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class CheckFailed(AssertionError):
+    """A forgetguard check ran and did not hold. ``result`` holds the numbers."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class KLBudgetExceeded(CheckFailed):
+    """The KL between base and candidate exceeds the declared budget."""
+
+
+class DriftExceeded(CheckFailed):
+    """The candidate's weights moved further from the base than allowed."""
+
+
+class CapabilityForgotten(CheckFailed):
+    """The candidate scores worse than the base beyond the allowed drop."""
+
+
+def require(module: str, extra: str) -> None:
+    """Raise :class:`MissingDependencyError` if ``module`` cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(
+            f"{module!r} is required for this feature: "
+            f"pip install 'pytest-forgetguard[{extra}]'"
+        )

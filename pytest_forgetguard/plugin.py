@@ -1,0 +1,162 @@
+"""The pytest11 entry point: options, hooks and fixtures, nothing else.
+
+Everything here hands over to :class:`~pytest_forgetguard.session.ForgetguardSession`.
+Without ``--forgetguard`` the plugin is inert: no torch import, and
+forgetguard tests are skipped with a reason saying how to enable them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import pytest
+
+from .session import ForgetguardSession
+from .settings import SettingsError, resolve
+
+if TYPE_CHECKING:
+    from .comparison import Forgetguard
+    from .models import ModelHandle
+
+SESSION_KEY = pytest.StashKey[ForgetguardSession]()
+SKIP_REASON = "forgetguard is off: run pytest with --forgetguard to enable it"
+
+# (flag, dest, ini key, help)
+_VALUE_OPTIONS = (
+    ("--fg-base", "base", "forgetguard_base", "reference model SPEC (directory, PEFT adapter, .gguf, hub id); env FORGETGUARD_BASE"),
+    ("--fg-device", "device", "forgetguard_device", "cpu, cuda, cuda:N, mps or auto (default: cuda if available)"),
+    ("--fg-dtype", "dtype", "forgetguard_dtype", "float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on CUDA)"),
+    ("--fg-cache-dir", "cache_dir", "forgetguard_cache_dir", "where base results and converted models are cached; env FORGETGUARD_CACHE_DIR"),
+    ("--fg-seed", "seed", "forgetguard_seed", "seed for all sampling (default 1234, so runs repeat)"),
+)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("forgetguard", "forgetguard: gate fine-tunes on drift from their base")
+    group.addoption("--forgetguard", action="store_true", dest="fg_enabled", help="enable forgetguard checks")
+    for flag, dest, ini, text in _VALUE_OPTIONS:
+        group.addoption(flag, dest=f"fg_{dest}", metavar=dest.upper(), help=text)
+        parser.addini(ini, help=text.split(";")[0], default=None)
+    group.addoption(
+        "--fg-candidate", action="append", dest="fg_candidates", metavar="SPEC", default=None,
+        help="model under test (repeatable: several candidates parametrize every check); env FORGETGUARD_CANDIDATE (comma-separated)",
+    )
+    parser.addini("forgetguard_candidate", type="linelist", help="models under test, one per line", default=[])
+    group.addoption("--fg-report-json", dest="fg_report_json", metavar="PATH", help="write the JSON report here")
+    group.addoption("--fg-report-md", dest="fg_report_md", metavar="PATH", help="write a Markdown report (pull-request comment) here")
+    group.addoption("--fg-no-cache", action="store_true", dest="fg_no_cache", help="do not read or write the cache")
+    group.addoption(
+        "--fg-trust-remote-code", action="store_true", dest="fg_trust_remote_code",
+        help="allow models to run code from their repository (off by default)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "forgetguard: a forgetguard check (needs --forgetguard)")
+    cli = {
+        "enabled": config.getoption("fg_enabled"),
+        "candidates": config.getoption("fg_candidates"),
+        "report_json": config.getoption("fg_report_json"),
+        "report_md": config.getoption("fg_report_md"),
+        "no_cache": config.getoption("fg_no_cache"),
+        "trust_remote_code": config.getoption("fg_trust_remote_code"),
+    }
+    ini: dict[str, Any] = {"candidates": config.getini("forgetguard_candidate")}
+    for _, dest, ini_key, _ in _VALUE_OPTIONS:
+        cli[dest] = config.getoption(f"fg_{dest}")
+        ini[dest] = config.getini(ini_key)
+    ini_dir = Path(config.inipath).parent if config.inipath else None
+    try:
+        settings = resolve(cli, os.environ, ini, ini_dir)
+    except SettingsError as exc:
+        raise pytest.UsageError(f"forgetguard: {exc}") from None
+
+    def warn(message: str) -> None:
+        import warnings
+
+        warnings.warn(message, pytest.PytestWarning, stacklevel=2)
+
+    def load_model(spec: str, device: str, dtype: str) -> Any:
+        return config.hook.pytest_forgetguard_load_model(spec=spec, device=device, dtype=dtype)
+
+    config.stash[SESSION_KEY] = ForgetguardSession(settings, custom_loader=load_model, warn=warn)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    from .suite import is_suite_file
+
+    if is_suite_file(file_path):
+        from .collection import SuiteFile
+
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    session = metafunc.config.stash[SESSION_KEY]
+    specs = session.candidate_specs()
+    if session.settings.enabled and len(specs) > 1 and "candidate_model" in metafunc.fixturenames:
+        metafunc.parametrize("candidate_model", specs, indirect=True, scope="session", ids=list(specs))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not session.records:
+        return
+    from .report import terminal_table
+
+    terminalreporter.write_sep("=", "forgetguard")
+    for line in terminal_table(session.records).splitlines():
+        terminalreporter.write_line(line)
+    for path in session.write_reports():
+        terminalreporter.write_line(f"forgetguard report written to {path}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    # Reports are written by the terminal summary; with no terminal (or no
+    # checks) make sure the requested files still exist.
+    if session is not None and session.settings.enabled and not session.records:
+        session.write_reports()
+
+
+def _session(request: pytest.FixtureRequest) -> ForgetguardSession:
+    session = request.config.stash[SESSION_KEY]
+    if not session.settings.enabled:
+        pytest.skip(SKIP_REASON)
+    return session
+
+
+@pytest.fixture(scope="session")
+def base_model(request: pytest.FixtureRequest) -> "ModelHandle":
+    """The reference model: a lazily loaded handle (``.model``, ``.tokenizer``, ``.fingerprint``)."""
+    return _session(request).base_handle()
+
+
+@pytest.fixture(scope="session")
+def candidate_model(request: pytest.FixtureRequest, base_model: "ModelHandle") -> "ModelHandle":
+    """The model under test (parametrized when several ``--fg-candidate`` are given)."""
+    session = _session(request)
+    specs = session.candidate_specs()
+    spec = getattr(request, "param", None) or (specs[0] if specs else None)
+    return session.candidate_handle(spec)
+
+
+@pytest.fixture
+def forgetguard(request: pytest.FixtureRequest, base_model: "ModelHandle", candidate_model: "ModelHandle") -> Iterator["Forgetguard"]:
+    """Checks of the candidate against the base: ``kl``, ``assert_kl_budget``, ``drift``, ``assert_drift``."""
+    from .comparison import Forgetguard
+
+    session = _session(request)
+    yield Forgetguard(
+        base_model, candidate_model, seed=session.settings.seed,
+        record=session.records.append, default_name=request.node.nodeid,
+    )

@@ -1,0 +1,126 @@
+"""Prompt files (JSONL) and their tokenization.
+
+Each line is ``{"prompt": "..."}`` (raw text, the tokenizer's default special
+tokens, no chat template) or ``{"messages": [...]}`` (through the tokenizer's
+chat template, with the generation prompt), optionally with ``"response"``
+(used by ``sample_from: dataset``; tokenized on its own without special tokens).
+
+Example::
+
+    >>> recs = parse_prompts([{"prompt": "2+2="}, "The capital of France is"])
+    >>> [r.prompt for r in recs]
+    ['2+2=', 'The capital of France is']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+from .errors import PromptFileError
+
+PromptsLike = Union[str, Path, Sequence[Union[str, dict]]]
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    index: int
+    prompt: str | None = None
+    messages: tuple[dict, ...] | None = None
+    response: str | None = None
+
+    def display(self, limit: int = 80) -> str:
+        """A short one-line rendering for reports."""
+        text = self.prompt if self.prompt is not None else " | ".join(
+            f"{m.get('role')}: {m.get('content')}" for m in self.messages or ()
+        )
+        text = " ".join(str(text).split())
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _record(index: int, item: Any, where: str) -> PromptRecord:
+    if isinstance(item, str):
+        item = {"prompt": item}
+    if not isinstance(item, dict):
+        raise PromptFileError(f"{where}: expected an object with 'prompt' or 'messages', got {type(item).__name__}")
+    prompt, messages, response = item.get("prompt"), item.get("messages"), item.get("response")
+    if (prompt is None) == (messages is None):
+        raise PromptFileError(f"{where}: give exactly one of 'prompt' (text) or 'messages' (chat list)")
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise PromptFileError(f"{where}: 'prompt' must be a non-empty string")
+    if messages is not None:
+        ok = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
+        if not ok:
+            raise PromptFileError(
+                f"{where}: 'messages' must be a non-empty list of {{'role': str, 'content': str}}"
+            )
+        messages = tuple(dict(m) for m in messages)
+    if response is not None and (not isinstance(response, str) or not response):
+        raise PromptFileError(f"{where}: 'response' must be a non-empty string")
+    return PromptRecord(index=index, prompt=prompt, messages=messages, response=response)
+
+
+def parse_prompts(items: Iterable[Any], source: str = "prompts") -> list[PromptRecord]:
+    records = [_record(i, item, f"{source}: item {i}") for i, item in enumerate(items)]
+    if not records:
+        raise PromptFileError(f"{source}: no prompts; a KL check needs at least one")
+    return records
+
+
+def load_prompts(path: str | Path) -> list[PromptRecord]:
+    """Read a JSONL prompt file; every problem names the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise PromptFileError(f"prompt file {p} does not exist")
+    records = []
+    with open(p, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptFileError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
+            records.append(_record(len(records), item, f"{p}:{lineno}"))
+    if not records:
+        raise PromptFileError(f"prompt file {p} is empty; a KL check needs at least one prompt")
+    return records
+
+
+def as_records(prompts: PromptsLike) -> list[PromptRecord]:
+    """Accept a path, a list of strings or a list of dicts."""
+    if isinstance(prompts, (str, Path)):
+        return load_prompts(prompts)
+    return parse_prompts(prompts)
+
+
+def encode_prompt(tokenizer: Any, record: PromptRecord) -> list[int]:
+    if record.messages is not None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise PromptFileError(
+                f"prompt {record.index} uses 'messages' but the tokenizer has no chat template; "
+                "use a plain 'prompt' instead"
+            )
+        text = tokenizer.apply_chat_template(list(record.messages), tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(record.prompt)["input_ids"]
+    if not ids:
+        raise PromptFileError(f"prompt {record.index} tokenizes to nothing")
+    return list(ids)
+
+
+def encode_response(tokenizer: Any, record: PromptRecord) -> list[int]:
+    if record.response is None:
+        raise PromptFileError(
+            f"prompt {record.index} has no 'response', which sample_from: dataset needs"
+        )
+    ids = tokenizer(record.response, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise PromptFileError(f"prompt {record.index}: 'response' tokenizes to nothing")
+    return list(ids)

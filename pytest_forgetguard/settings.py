@@ -1,0 +1,154 @@
+"""Run settings: parsed and validated once, then frozen.
+
+Each option may come from the command line, the environment or the ini file
+(precedence in that order; a suite file's ``models:`` come last). This module
+is pure: the plugin gathers raw values from pytest and hands them over.
+
+Example::
+
+    >>> s = resolve({"base": "models/base"}, env={}, ini={})
+    >>> s.base, s.seed
+    ('models/base', 1234)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_SEED = 1234
+DEVICES_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class SettingsError(ValueError):
+    """A bad option value; ``option`` names the command-line flag."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "pytest-forgetguard"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated options of one pytest run."""
+
+    enabled: bool = False
+    base: str | None = None
+    candidates: tuple[str, ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    report_json: Path | None = None
+    report_md: Path | None = None
+    cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: caching off
+    seed: int = DEFAULT_SEED
+    trust_remote_code: bool = False
+
+    def resolved_device(self) -> str:
+        """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self, device: str) -> str:
+        """``auto`` is float32 on CPU (exact) and bfloat16 on CUDA."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def _split_specs(value: str) -> list[str]:
+    return [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
+
+
+def _first(*values: object) -> object:
+    for v in values:
+        if v not in (None, "", [], ()):
+            return v
+    return None
+
+
+def resolve(
+    cli: Mapping[str, object],
+    env: Mapping[str, str],
+    ini: Mapping[str, object],
+    ini_dir: Path | None = None,
+) -> Settings:
+    """Merge raw option values (command line > environment > ini) and validate them.
+
+    ``cli`` and ``ini`` are keyed by the setting's field name; ``env`` is the
+    process environment. Ini paths are taken relative to ``ini_dir``.
+    """
+
+    def ini_path(v: object) -> object:
+        if isinstance(v, str) and v and ini_dir is not None and not os.path.isabs(v):
+            candidate = ini_dir / v
+            if candidate.exists():
+                return str(candidate)
+        return v
+
+    base = _first(cli.get("base"), env.get("FORGETGUARD_BASE"), ini_path(ini.get("base")))
+    cand_cli = list(cli.get("candidates") or [])  # type: ignore[call-overload]
+    cand_env = _split_specs(env.get("FORGETGUARD_CANDIDATE", ""))
+    cand_ini = [ini_path(c) for c in (ini.get("candidates") or [])]  # type: ignore[attr-defined]
+    candidates = tuple(str(c) for c in (_first(cand_cli, cand_env, cand_ini) or []))  # type: ignore[union-attr]
+
+    device = str(_first(cli.get("device"), ini.get("device")) or "auto").strip()
+    if not DEVICES_RE.match(device):
+        raise SettingsError(
+            "--fg-device", f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
+        )
+    dtype = str(_first(cli.get("dtype"), ini.get("dtype")) or "auto").strip()
+    if dtype not in DTYPES:
+        raise SettingsError("--fg-dtype", f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+
+    seed_raw = _first(cli.get("seed"), ini.get("seed"))
+    seed = DEFAULT_SEED
+    if seed_raw is not None:
+        try:
+            seed = int(str(seed_raw))
+        except ValueError:
+            raise SettingsError("--fg-seed", f"not an integer: {seed_raw!r}") from None
+        if seed < 0:
+            raise SettingsError("--fg-seed", f"must be >= 0, got {seed}")
+
+    cache_dir: Path | None
+    if cli.get("no_cache"):
+        cache_dir = None
+    else:
+        raw = _first(cli.get("cache_dir"), env.get("FORGETGUARD_CACHE_DIR"), ini_path(ini.get("cache_dir")))
+        cache_dir = Path(str(raw)).expanduser() if raw else default_cache_dir()
+        if cache_dir.exists() and not cache_dir.is_dir():
+            raise SettingsError("--fg-cache-dir", f"{cache_dir} exists and is not a directory")
+
+    def report(key: str, flag: str) -> Path | None:
+        raw = cli.get(key)
+        if not raw:
+            return None
+        path = Path(str(raw)).expanduser()
+        if path.is_dir():
+            raise SettingsError(flag, f"{path} is a directory; give a file path")
+        return path
+
+    return Settings(
+        enabled=bool(cli.get("enabled")),
+        base=str(base) if base else None,
+        candidates=candidates,
+        device=device,
+        dtype=dtype,
+        report_json=report("report_json", "--fg-report-json"),
+        report_md=report("report_md", "--fg-report-md"),
+        cache_dir=cache_dir,
+        seed=seed,
+        trust_remote_code=bool(cli.get("trust_remote_code")),
+    )
