@@ -170,19 +170,22 @@ class Forgetguard:
             "top1_agreement": result.top1_agreement,
         }
         passed = result.finite and result.value <= budget
-        self._finish(rec, passed=passed)
+        message = None
         if not passed:
             margin = result.value - budget
-            raise KLBudgetExceeded(
+            message = (
                 f"KL budget exceeded for candidate {self.candidate.label!r} vs base {self.base.label!r}:\n"
                 f"  {result.metric} = {result.value:.6g} nats/token > budget {budget:g} "
-                f"(over by {margin:.4g}, {100 * margin / budget if budget else float('inf'):.0f}%)\n"
+                f"(over by {margin:.4g}{f', {100 * margin / budget:.0f}%' if budget else ''})\n"
                 f"  95% CI {result.ci_low:.4g}..{result.ci_high:.4g}, n = {result.n_prompts} prompts, "
                 f"{result.n_tokens} response tokens\n"
                 f"  {result.summary()}\n"
-                f"  prompts where the models disagree most:\n{result.format_worst()}",
-                result,
+                f"  prompts where the models disagree most:\n{result.format_worst()}"
             )
+            rec.details["message"] = message
+        self._finish(rec, passed=passed)
+        if message is not None:
+            raise KLBudgetExceeded(message, result)
         return result
 
     # -- drift -----------------------------------------------------------------
@@ -228,17 +231,20 @@ class Forgetguard:
             for k, limit in limits.items()
             if limit is not None and not (math.isfinite(values[k]) and values[k] <= limit)
         ]
-        self._finish(rec, passed=not over)
+        message = None
         if over:
             worst = "\n".join(
                 f"    {l.name}: relative L2 {l.relative_l2:.4g}, {100 * l.changed_fraction:.1f}% changed"
                 for l in result.worst_layers(5)
             )
-            raise DriftExceeded(
+            message = (
                 f"weight drift of candidate {self.candidate.label!r} exceeds its limit: {'; '.join(over)}\n"
-                f"  {result.summary()}\n  layers that moved most:\n{worst}",
-                result,
+                f"  {result.summary()}\n  layers that moved most:\n{worst}"
             )
+            rec.details["message"] = message
+        self._finish(rec, passed=not over)
+        if message is not None:
+            raise DriftExceeded(message, result)
         return result
 
     # -- retention (arrives with the retention issue) --------------------------

@@ -214,6 +214,8 @@ class ModelHandle:
 
     @property
     def adapter_name(self) -> str | None:
+        """The PEFT adapter this handle selects (None for full models); loads the model."""
+        self.load()
         return self._adapter_name
 
     @property

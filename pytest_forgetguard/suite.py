@@ -84,10 +84,16 @@ def _check_options(path: Path, name: str, kind: str, options: Any) -> dict[str, 
     if not isinstance(options, dict):
         raise SuiteError(f"{where}: must be a mapping of options")
     schema = SCHEMAS[kind]
-    for key, value in options.items():
+    for key, value in list(options.items()):
         if key not in schema:
             raise SuiteError(f"{where}: unknown key {key!r}; expected one of {', '.join(sorted(schema))}")
         types, _ = schema[key]
+        if float in types and isinstance(value, str):
+            # PyYAML (YAML 1.1) reads 1e-6 as a string; 1.0e-6 as a float. Accept both.
+            try:
+                value = options[key] = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             names = " or ".join(t.__name__ for t in types)
             raise SuiteError(f"{where}.{key}: expected {names}, got {value!r}")

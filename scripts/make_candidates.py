@@ -87,6 +87,7 @@ def _accuracy(model, tok, examples):
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
                              pad_token_id=tok.pad_token_id)
     texts = tok.batch_decode(out[:, width:], skip_special_tokens=True)
+    print(f"  e.g. {examples[0]['messages'][0]['content']!r} -> {texts[0]!r}", flush=True)
     hits = 0
     for ex, text in zip(examples, texts):
         got = ANSWER_RE.search(text)
@@ -135,6 +136,7 @@ def make_lora_adapter(base_dir, out_dir, steps, seed):
     if conf.get("base_model_name_or_path") != base_dir:
         conf["base_model_name_or_path"] = base_dir
         cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+    (Path(out_dir) / "README.md").unlink(missing_ok=True)  # peft's auto model card; keep only the adapter
 
 
 def make_noisy_copy(base_dir, out_dir, scale, seed):
@@ -164,6 +166,7 @@ def build(out_root, name, force, fn):
     print(f"[{name}] building ...", flush=True)
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_root))
+    tmp.chmod(0o755)
     try:
         fn(tmp)
         (tmp / "COMPLETE").write_text("ok\n")
@@ -181,7 +184,7 @@ def main():
     ap.add_argument("--base", help="base model directory")
     ap.add_argument("--out", help="output directory for the candidates")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=60, help="LoRA training steps (batch of 8)")
+    ap.add_argument("--steps", type=int, default=40, help="LoRA training steps (batch of 8)")
     ap.add_argument("--force", action="store_true", help="rebuild artifacts that already exist")
     ap.add_argument("--write-data", action="store_true", help="only write the prompt data files")
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where --write-data writes")

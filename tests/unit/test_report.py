@@ -1,0 +1,49 @@
+"""Records and rendering: a NaN or an error never passes; the JSON schema is exact."""
+
+from __future__ import annotations
+
+import json
+
+from pytest_forgetguard.records import CheckRecord
+from pytest_forgetguard.report import json_report, markdown_report, terminal_table, write_json
+
+
+def rec(**kw):
+    base = dict(name="task-kl", kind="kl", candidate="cand", metric="kl_forward_mean", value=0.03,
+                budget=0.05, ci_low=0.02, ci_high=0.04, n=8, passed=True)
+    base.update(kw)
+    return CheckRecord(**base)
+
+
+def test_nan_error_or_missing_value_never_passes():
+    assert rec().passed
+    assert not rec(value=float("nan")).passed
+    assert not rec(value=float("inf")).passed
+    assert not rec(value=None).passed
+    assert not rec(error="boom").passed
+    assert rec(error="boom").verdict == "ERROR"
+
+
+def test_json_schema(tmp_path):
+    data = json_report([rec(), rec(name="w", kind="drift", value=float("nan"))],
+                       base={"spec": "b", "fingerprint": "f"}, candidates=[{"spec": "cand", "fingerprint": "g"}])
+    path = tmp_path / "r.json"
+    write_json(path, data)
+    loaded = json.loads(path.read_text())
+    assert loaded["schema"] == 1 and loaded["base"] == {"spec": "b", "fingerprint": "f"}
+    check = loaded["checks"][0]
+    for key in ("name", "kind", "candidate", "metric", "value", "base_value", "candidate_value", "delta",
+                "budget", "ci_low", "ci_high", "n", "passed", "error"):
+        assert key in check
+    assert check["passed"] is True and check["base_value"] is None
+    assert loaded["checks"][1]["passed"] is False and loaded["checks"][1]["value"] == "nan"
+
+
+def test_table_and_markdown():
+    records = [rec(), rec(name="bad", value=0.2, passed=False, details={"message": "KL budget exceeded"})]
+    table = terminal_table(records)
+    assert "task-kl" in table and "PASS" in table and "FAIL" in table and "0.02..0.04" in table
+    md = markdown_report(records, {"spec": "b", "fingerprint": "f"})
+    assert md.startswith("## ❌ 1 of 2 forgetguard checks failed")
+    assert "| task-kl |" in md and "KL budget exceeded" in md
+    assert markdown_report([rec()], None).startswith("## ✅")

@@ -1,0 +1,82 @@
+"""Option resolution: precedence and validation (pure, no pytest config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_forgetguard.settings import DEFAULT_SEED, Settings, SettingsError, resolve
+
+
+def test_defaults():
+    s = resolve({}, env={}, ini={})
+    assert s == Settings(cache_dir=s.cache_dir)
+    assert s.seed == DEFAULT_SEED and s.device == "auto" and s.dtype == "auto"
+    assert s.cache_dir is not None and s.cache_dir.name == "pytest-forgetguard"
+
+
+def test_precedence_cli_over_env_over_ini(tmp_path):
+    ini = {"base": "ini-org/base", "candidates": ["ini-org/cand"], "cache_dir": str(tmp_path / "ini")}
+    env = {"FORGETGUARD_BASE": "env-org/base", "FORGETGUARD_CANDIDATE": "env-org/a, env-org/b",
+           "FORGETGUARD_CACHE_DIR": str(tmp_path / "env")}
+    s = resolve({}, env=env, ini=ini)
+    assert s.base == "env-org/base" and s.candidates == ("env-org/a", "env-org/b")
+    assert s.cache_dir == tmp_path / "env"
+    s = resolve({"base": "cli-org/base", "candidates": ["cli-org/c"], "cache_dir": str(tmp_path / "cli")}, env=env, ini=ini)
+    assert s.base == "cli-org/base" and s.candidates == ("cli-org/c",) and s.cache_dir == tmp_path / "cli"
+    s = resolve({}, env={}, ini=ini)
+    assert s.base == "ini-org/base" and s.candidates == ("ini-org/cand",)
+
+
+def test_ini_paths_are_relative_to_the_ini_file(tmp_path):
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    s = resolve({}, env={}, ini={"base": "models/base"}, ini_dir=tmp_path)
+    assert s.base == str(tmp_path / "models" / "base")
+
+
+def test_no_cache_wins():
+    assert resolve({"no_cache": True, "cache_dir": "/x"}, env={}, ini={}).cache_dir is None
+
+
+def test_auto_dtype_and_device():
+    s = resolve({"device": "cpu"}, env={}, ini={})
+    assert s.resolved_device() == "cpu" and s.resolved_dtype("cpu") == "float32"
+    assert s.resolved_dtype("cuda:0") == "bfloat16"
+    assert resolve({"dtype": "float16"}, env={}, ini={}).resolved_dtype("cpu") == "float16"
+
+
+@pytest.mark.parametrize(
+    "cli, ini, option",
+    [
+        ({"device": "gpu"}, {}, "--fg-device"),
+        ({}, {"device": "cuda:x"}, "--fg-device"),
+        ({"dtype": "int8"}, {}, "--fg-dtype"),
+        ({"seed": "abc"}, {}, "--fg-seed"),
+        ({}, {"seed": "-3"}, "--fg-seed"),
+    ],
+)
+def test_bad_values_name_the_option(cli, ini, option):
+    with pytest.raises(SettingsError) as info:
+        resolve(cli, env={}, ini=ini)
+    assert info.value.option == option
+    assert option in str(info.value)
+
+
+def test_report_path_must_not_be_a_directory(tmp_path):
+    with pytest.raises(SettingsError, match="--fg-report-json"):
+        resolve({"report_json": str(tmp_path)}, env={}, ini={})
+
+
+def test_cache_dir_must_not_be_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(SettingsError, match="--fg-cache-dir"):
+        resolve({"cache_dir": str(f)}, env={}, ini={})
+
+
+def test_settings_are_frozen():
+    s = resolve({}, env={}, ini={})
+    with pytest.raises(AttributeError):
+        s.seed = 3  # type: ignore[misc]
+    assert isinstance(s.cache_dir, Path)
