@@ -18,32 +18,44 @@ class SuiteFile(pytest.File):
             suite = load_suite(self.path)
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from None
+        from .plugin import SESSION_KEY
+
+        session = self.config.stash[SESSION_KEY]
+        candidates = session.candidate_specs(suite.candidates) or (None,)
         for check in suite.checks:
-            yield CheckItem.from_parent(self, name=check.name, check=check, suite=suite)
+            for spec in candidates:
+                # Several candidates: one item each, named so -k can pick a checkpoint.
+                name = check.name if len(candidates) == 1 else f"{check.name}[{candidate_id(spec)}]"
+                yield CheckItem.from_parent(self, name=name, check=check, suite=suite, candidate=spec)
+
+
+def candidate_id(spec: str | None) -> str:
+    """A short, readable id for a candidate SPEC (its last path component)."""
+    if not spec:
+        return "none"
+    return spec.rstrip("/").rsplit("/", 1)[-1] or spec
 
 
 class CheckItem(pytest.Item):
-    def __init__(self, *, check: CheckSpec, suite: Suite, **kwargs: Any) -> None:
+    def __init__(self, *, check: CheckSpec, suite: Suite, candidate: str | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check = check
         self.suite = suite
+        self.candidate = candidate
         self.add_marker(pytest.mark.forgetguard)
 
     def runtest(self) -> None:
         from .plugin import SESSION_KEY
+        from .session import run_check
 
         session = self.config.stash[SESSION_KEY]
         if not session.settings.enabled:
             pytest.skip("forgetguard is off: run pytest with --forgetguard to enable it")
-        candidates = session.candidate_specs(self.suite.candidates)
-        spec = candidates[0] if candidates else None
         try:
-            fg = session.forgetguard(spec, name=self.check.name, suite_base=self.suite.base)
+            fg = session.forgetguard(self.candidate, name=self.check.name, suite_base=self.suite.base)
         except Exception as exc:
-            session.record_error(self.check.name, self.check.kind, spec or "-", exc)
+            session.record_error(self.check.name, self.check.kind, self.candidate or "-", exc)
             raise
-        from .session import run_check
-
         run_check(fg, self.check)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:

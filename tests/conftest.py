@@ -17,6 +17,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytester moves HOME; pin the cache so converted models are reused by nested runs.
+os.environ.setdefault(
+    "FORGETGUARD_CACHE_DIR",
+    os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pytest-forgetguard"),
+)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -165,7 +170,5 @@ def smollm2_gguf() -> Path:
 def smollm2_dir(smollm2_gguf: Path) -> Path:
     """SmolLM2-135M-Instruct as safetensors, converted once by forgetguard's own GGUF path and cached."""
     from pytest_forgetguard.models import materialize_gguf
-    from pytest_forgetguard.settings import default_cache_dir
 
-    cache = Path(os.environ.get("FORGETGUARD_CACHE_DIR") or default_cache_dir())
-    return materialize_gguf(smollm2_gguf, cache)
+    return materialize_gguf(smollm2_gguf, Path(os.environ["FORGETGUARD_CACHE_DIR"]))

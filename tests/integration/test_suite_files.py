@@ -95,3 +95,13 @@ def test_nan_candidate_in_a_suite_errors(suite_project, tiny):
     result.assert_outcomes(failed=1, deselected=2)
     result.stdout.fnmatch_lines(["*NonFiniteError*NaN*"])
     assert json.loads(suite_project.path.joinpath("r.json").read_text())["checks"][0]["passed"] is False
+
+
+def test_several_candidates_one_item_each(suite_project, tiny):
+    write_suite(suite_project, tiny, budget=1e-4)
+    result = suite_project.runpytest(
+        "--forgetguard", "--fg-candidate", str(tiny["twin"]), "--fg-candidate", str(tiny["candidate"]),
+        "-k", "task-kl", "-v",
+    )
+    result.assert_outcomes(passed=1, failed=1, deselected=4)
+    result.stdout.fnmatch_lines(["*task-kl?twin? PASSED*", "*task-kl?candidate? FAILED*"])

@@ -1,0 +1,164 @@
+"""The real model: SmolLM2-135M-Instruct (from its GGUF file) against candidates derived from it.
+
+Candidates: ``nudged`` (Gaussian noise of 0.002 x each weight's std: near-identical),
+``drifted`` (0.02 x std: damaged), ``nan`` (one NaN weight) and a LoRA adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference import reference_kl
+
+from pytest_forgetguard.comparison import Forgetguard
+from pytest_forgetguard.generation import sample_responses
+from pytest_forgetguard.models import ModelStore, fingerprint_directory
+from pytest_forgetguard.prompts import encode_prompt, encode_response, load_prompts
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+ARITH = REPO / "example_suites" / "data" / "arith_prompts.jsonl"
+
+
+def noisy_copy(src: Path, out: Path, scale: float, seed: int) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=gen) * scale * p.std())
+    model.save_pretrained(out, safe_serialization=True)
+    for f in src.glob("*"):
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real(smollm2_dir, smollm2_gguf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    paths = {
+        "gguf": smollm2_gguf,
+        "base": smollm2_dir,
+        "nudged": noisy_copy(smollm2_dir, root / "nudged", 0.002, seed=1),
+        "drifted": noisy_copy(smollm2_dir, root / "drifted", 0.02, seed=2),
+    }
+    import torch
+    from conftest import build_lora
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.layers[7].self_attn.o_proj.weight[3, 5] = float("nan")
+    model.save_pretrained(root / "nan", safe_serialization=True)
+    for f in smollm2_dir.glob("tokenizer*"):
+        shutil.copy(f, root / "nan")
+    paths["nan"] = root / "nan"
+    paths["lora"] = build_lora(smollm2_dir, root / "lora", scale=0.02)
+    return paths
+
+
+def test_gguf_spec_converts_once_and_matches_the_cached_copy(real, tmp_path):
+    store = ModelStore(device="cpu", cache_dir=real["base"].parents[1])
+    handle = store.get(str(real["gguf"]), role="base")
+    assert handle.spec.kind == "gguf"
+    assert handle.local_dir == real["base"]  # the cached conversion is reused, keyed by the file's hash
+    assert handle.fingerprint == fingerprint_directory(real["base"])
+    assert handle.tokenizer.eos_token == "<|im_end|>" and len(handle.tokenizer) == 49152
+
+
+def test_kl_on_smollm2_matches_float64_reference(real):
+    store = ModelStore(device="cpu")
+    base = store.get(str(real["base"]), role="base")
+    fg = Forgetguard(base, store.get(str(real["drifted"]), base=base))
+    records = load_prompts(ARITH)[:4]
+    result = fg.kl(ARITH, sample_from="dataset", limit=4, batch_size=3)
+    tok = base.tokenizer
+    pairs = [(encode_prompt(tok, r), encode_response(tok, r)) for r in records]
+    sampled = fg.kl(ARITH, limit=3, max_new_tokens=12)
+    prompts = [encode_prompt(tok, r) for r in records[:3]]
+    pairs_sampled = list(zip(prompts, sample_responses(base, prompts, 12, seed=fg.seed)))
+    ref_f, ref_r = reference_kl(real["base"], real["drifted"], pairs + pairs_sampled)
+    for got, f, r in zip(result.prompts, ref_f, ref_r):
+        np.testing.assert_allclose(got.forward, f, rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(got.reverse, r, rtol=1e-3, atol=1e-6)
+    assert result.value == pytest.approx(np.concatenate(ref_f[:4]).mean(), rel=1e-4)
+    assert sampled.value == pytest.approx(np.concatenate(ref_f[4:]).mean(), rel=1e-4)
+    assert result.value > 0.01
+
+
+SUITE = f"""
+models:
+  base: {{base}}
+checks:
+  - name: arith-kl
+    kl:
+      prompts: {ARITH}
+      limit: 8
+      max_new_tokens: 16
+      budget: 0.01
+  - name: weights
+    drift:
+      max_relative_l2: 0.01
+"""
+
+
+@pytest.fixture
+def real_suite(pytester, real):
+    pytester.path.joinpath("forgetguard.yaml").write_text(SUITE.format(base=real["gguf"]))
+    return pytester
+
+
+def test_gate_passes_a_near_identical_candidate(real_suite, real):
+    result = real_suite.runpytest("--forgetguard", "--fg-candidate", str(real["nudged"]), "--fg-report-json", "r.json")
+    result.assert_outcomes(passed=2)
+    report = json.loads(real_suite.path.joinpath("r.json").read_text())
+    assert report["base"]["spec"] == str(real["gguf"])
+    kl = report["checks"][0]
+    assert 0 < kl["value"] < 0.01 and kl["n"] == 8 and kl["passed"]
+
+
+def test_gate_fails_a_drifted_candidate_with_a_useful_message(real_suite, real):
+    result = real_suite.runpytest("--forgetguard", "--fg-candidate", str(real["drifted"]))
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        "*KLBudgetExceeded: KL budget exceeded for candidate*",
+        "*kl_forward_mean = * nats/token > budget 0.01*",
+        "*prompt * (mean * over * tokens): user: What is*",
+        "*DriftExceeded: weight drift of candidate * exceeds its limit: relative_l2 = 0.0*",
+        "*arith-kl*FAIL*",
+    ])
+
+
+def test_gate_never_passes_a_nan_candidate(real_suite, real):
+    result = real_suite.runpytest("--forgetguard", "--fg-candidate", str(real["nan"]), "--fg-report-json", "r.json")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*NonFiniteError*layers.7.self_attn.o_proj.weight has 1 NaN*"])
+    assert not any(c["passed"] for c in json.loads(real_suite.path.joinpath("r.json").read_text())["checks"])
+
+
+def test_lora_adapter_on_smollm2(real):
+    store = ModelStore(device="cpu")
+    base = store.get(str(real["base"]), role="base")
+    cand = store.get(str(real["lora"]), base=base)
+    fg = Forgetguard(base, cand)
+    result = fg.kl(ARITH, sample_from="dataset", limit=4)
+    assert cand.model is base._peft  # one copy of the 135M weights
+    ref_f, _ = reference_kl(real["base"], real["lora"], [
+        (encode_prompt(base.tokenizer, r), encode_response(base.tokenizer, r)) for r in load_prompts(ARITH)[:4]
+    ])
+    assert result.value == pytest.approx(np.concatenate(ref_f).mean(), rel=1e-3)
+    drift = fg.drift()
+    assert 0 < drift.relative_l2 < 0.1
+    layers = {l.name: l for l in drift.layers}
+    # LoRA touched q_proj, v_proj and down_proj only: embeddings and norms are unchanged.
+    assert layers["model.embed_tokens"].relative_l2 == 0.0 and layers["model.norm"].relative_l2 == 0.0
+    assert 0 < layers["model.layers.3"].changed_fraction < 1
