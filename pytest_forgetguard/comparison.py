@@ -16,7 +16,8 @@ Example (in a test)::
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import DriftExceeded, ForgetguardError, KLBudgetExceeded, PromptFileError
 from .kl import DIRECTIONS, METRICS, KLResult, TokenSequence, teacher_forced_kl
@@ -68,9 +69,7 @@ class Forgetguard:
         from .models import check_compatible
 
         if allow_vocab_mismatch not in self._compatible:
-            self._compatible[allow_vocab_mismatch] = check_compatible(
-                self.base, self.candidate, allow_vocab_mismatch
-            )
+            self._compatible[allow_vocab_mismatch] = check_compatible(self.base, self.candidate, allow_vocab_mismatch)
         return self._compatible[allow_vocab_mismatch]
 
     def kl(
@@ -116,8 +115,13 @@ class Forgetguard:
 
             source = self.base if sample_from == "base" else self.candidate
             responses = sample_responses(
-                source, prompt_ids, max_new_tokens, seed=self.seed, temperature=temperature,
-                batch_size=max(batch_size, 16), vocab=vocab,
+                source,
+                prompt_ids,
+                max_new_tokens,
+                seed=self.seed,
+                temperature=temperature,
+                batch_size=max(batch_size, 16),
+                vocab=vocab,
             )
             empty = [r.index for r, resp in zip(records, responses) if not resp]
             if empty:
@@ -153,8 +157,11 @@ class Forgetguard:
         budget = _check_number("budget", budget)
         direction = kl_options.get("direction", "forward")
         rec = CheckRecord(
-            name=name or self.default_name, kind="kl", candidate=self.candidate.label,
-            metric=METRICS.get(direction, str(direction)), budget=budget,
+            name=name or self.default_name,
+            kind="kl",
+            candidate=self.candidate.label,
+            metric=METRICS.get(direction, str(direction)),
+            budget=budget,
         )
         try:
             result = self.kl(prompts, **kl_options)
@@ -164,9 +171,14 @@ class Forgetguard:
         result.budget = budget
         rec.value, rec.ci_low, rec.ci_high, rec.n = result.value, result.ci_low, result.ci_high, result.n_prompts
         rec.details = {
-            "n_tokens": result.n_tokens, "sample_from": result.sample_from,
-            "kl_forward_mean": result.forward_mean, "kl_reverse_mean": result.reverse_mean,
-            "median": result.median, "p90": result.p90, "p99": result.p99, "max": result.max,
+            "n_tokens": result.n_tokens,
+            "sample_from": result.sample_from,
+            "kl_forward_mean": result.forward_mean,
+            "kl_reverse_mean": result.reverse_mean,
+            "median": result.median,
+            "p90": result.p90,
+            "p99": result.p99,
+            "max": result.max,
             "top1_agreement": result.top1_agreement,
         }
         passed = result.finite and result.value <= budget
@@ -215,8 +227,11 @@ class Forgetguard:
         }
         metric = "relative_l2" if limits["relative_l2"] is not None else "changed_fraction"
         rec = CheckRecord(
-            name=name or self.default_name, kind="drift", candidate=self.candidate.label,
-            metric=metric, budget=limits[metric],
+            name=name or self.default_name,
+            kind="drift",
+            candidate=self.candidate.label,
+            metric=metric,
+            budget=limits[metric],
         )
         try:
             result = self.drift(tolerance)

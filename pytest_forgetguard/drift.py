@@ -15,8 +15,9 @@ Example::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import IncompatibleModelsError, NonFiniteError
 
@@ -144,9 +145,7 @@ def weight_drift(base: "ModelHandle", candidate: "ModelHandle", tolerance: float
             count += wb.numel()
     if count == 0:
         raise IncompatibleModelsError("the models have no parameters to compare")
-    layers = tuple(
-        LayerDrift(name, _ratio(a[0], a[1]), a[2] / a[3], int(a[3])) for name, a in per_layer.items()
-    )
+    layers = tuple(LayerDrift(name, _ratio(a[0], a[1]), a[2] / a[3], int(a[3])) for name, a in per_layer.items())
     rel = _ratio(total_d2, total_b2)
     return DriftResult(
         relative_l2=rel,

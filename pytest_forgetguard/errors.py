@@ -62,6 +62,5 @@ def require(module: str, extra: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise MissingDependencyError(
-            f"{module!r} is required for this feature: "
-            f"pip install 'pytest-forgetguard[{extra}]'"
+            f"{module!r} is required for this feature: pip install 'pytest-forgetguard[{extra}]'"
         )

@@ -12,7 +12,8 @@ Example::
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -49,9 +50,9 @@ class _PerRowSampler:
             from .errors import NonFiniteError
 
             raise NonFiniteError("NaN/inf in the sampling model's next-token distribution")
-        choice = torch.stack(
-            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
-        ).to(scores.device)
+        choice = torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]).to(
+            scores.device
+        )
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, choice, 0.0)
         return out

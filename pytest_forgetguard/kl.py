@@ -21,8 +21,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -220,7 +221,9 @@ class _Scorer:
         full = model(input_ids=ids[:1, :n], attention_mask=mask[:1, :n], use_cache=False).logits.float()
         return split.shape == full.shape and bool(torch.allclose(split, full, rtol=1e-4, atol=1e-4))
 
-    def hidden(self, ids: "torch.Tensor", mask: "torch.Tensor", rows: "torch.Tensor", cols: "torch.Tensor") -> "torch.Tensor":
+    def hidden(
+        self, ids: "torch.Tensor", mask: "torch.Tensor", rows: "torch.Tensor", cols: "torch.Tensor"
+    ) -> "torch.Tensor":
         """Hidden states (or logits, in fallback mode) at the given positions."""
         with self.handle.active() as model:
             if self.split is None:
@@ -283,7 +286,8 @@ def teacher_forced_kl(
             width = max(len(x) for x in inputs)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            rows, cols = [], []
+            rows: list[int] = []
+            cols: list[int] = []
             for r, (s, x) in enumerate(zip(batch, inputs)):
                 ids[r, : len(x)] = torch.tensor(x)
                 mask[r, : len(x)] = 1

@@ -23,9 +23,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import IncompatibleModelsError, ModelLoadError, NonFiniteError, require
 
@@ -77,9 +78,7 @@ def parse_spec(text: str) -> ModelSpec:
         if path.is_file():
             if path.suffix.lower() == ".gguf":
                 return ModelSpec(raw, "gguf", str(path.resolve()))
-            raise ModelLoadError(
-                f"model SPEC {raw!r} is a file but not a .gguf file; give the model's directory"
-            )
+            raise ModelLoadError(f"model SPEC {raw!r} is a file but not a .gguf file; give the model's directory")
         if (path / "adapter_config.json").is_file():
             return ModelSpec(raw, "peft", str(path.resolve()))
         if (path / "config.json").is_file():
@@ -92,8 +91,7 @@ def parse_spec(text: str) -> ModelSpec:
     match = HUB_ID_RE.match(raw)
     if looks_like_path or not match:
         raise ModelLoadError(
-            f"model SPEC {raw!r}: no such file or directory (and not a hub id of the form "
-            "org/name[@revision])"
+            f"model SPEC {raw!r}: no such file or directory (and not a hub id of the form org/name[@revision])"
         )
     name, _, revision = raw.partition("@")
     return ModelSpec(raw, "hub", name, revision or None)
@@ -426,7 +424,7 @@ class ModelStore:
             )
         except Exception as exc:
             raise ModelLoadError(f"could not load model {handle.spec.text!r}: {exc}") from exc
-        handle._model = model.to(torch.device(self.device))
+        handle._model = model.to(torch.device(self.device))  # type: ignore[arg-type]
         handle._tokenizer = tokenizer
         self._finish(handle)
 
@@ -491,6 +489,8 @@ def embedding_rows(handle: ModelHandle) -> int:
     weight = getattr(head, "weight", None)
     if weight is None and hasattr(head, "base_layer"):
         weight = head.base_layer.weight
+    if weight is None:
+        raise IncompatibleModelsError(f"model {handle.label!r}: cannot read the LM head's weight")
     return int(weight.shape[0])
 
 

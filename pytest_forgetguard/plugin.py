@@ -8,8 +8,9 @@ forgetguard tests are skipped with a reason saying how to enable them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,10 +26,25 @@ SKIP_REASON = "forgetguard is off: run pytest with --forgetguard to enable it"
 
 # (flag, dest, ini key, help)
 _VALUE_OPTIONS = (
-    ("--fg-base", "base", "forgetguard_base", "reference model SPEC (directory, PEFT adapter, .gguf, hub id); env FORGETGUARD_BASE"),
+    (
+        "--fg-base",
+        "base",
+        "forgetguard_base",
+        "reference model SPEC (directory, PEFT adapter, .gguf, hub id); env FORGETGUARD_BASE",
+    ),
     ("--fg-device", "device", "forgetguard_device", "cpu, cuda, cuda:N, mps or auto (default: cuda if available)"),
-    ("--fg-dtype", "dtype", "forgetguard_dtype", "float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on CUDA)"),
-    ("--fg-cache-dir", "cache_dir", "forgetguard_cache_dir", "where base results and converted models are cached; env FORGETGUARD_CACHE_DIR"),
+    (
+        "--fg-dtype",
+        "dtype",
+        "forgetguard_dtype",
+        "float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on CUDA)",
+    ),
+    (
+        "--fg-cache-dir",
+        "cache_dir",
+        "forgetguard_cache_dir",
+        "where base results and converted models are cached; env FORGETGUARD_CACHE_DIR",
+    ),
     ("--fg-seed", "seed", "forgetguard_seed", "seed for all sampling (default 1234, so runs repeat)"),
 )
 
@@ -46,15 +62,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(flag, dest=f"fg_{dest}", metavar=dest.upper(), help=text)
         parser.addini(ini, help=text.split(";")[0], default=None)
     group.addoption(
-        "--fg-candidate", action="append", dest="fg_candidates", metavar="SPEC", default=None,
+        "--fg-candidate",
+        action="append",
+        dest="fg_candidates",
+        metavar="SPEC",
+        default=None,
         help="model under test (repeatable: several candidates parametrize every check); env FORGETGUARD_CANDIDATE (comma-separated)",
     )
     parser.addini("forgetguard_candidate", type="linelist", help="models under test, one per line", default=[])
     group.addoption("--fg-report-json", dest="fg_report_json", metavar="PATH", help="write the JSON report here")
-    group.addoption("--fg-report-md", dest="fg_report_md", metavar="PATH", help="write a Markdown report (pull-request comment) here")
+    group.addoption(
+        "--fg-report-md",
+        dest="fg_report_md",
+        metavar="PATH",
+        help="write a Markdown report (pull-request comment) here",
+    )
     group.addoption("--fg-no-cache", action="store_true", dest="fg_no_cache", help="do not read or write the cache")
     group.addoption(
-        "--fg-trust-remote-code", action="store_true", dest="fg_trust_remote_code",
+        "--fg-trust-remote-code",
+        action="store_true",
+        dest="fg_trust_remote_code",
         help="allow models to run code from their repository (off by default)",
     )
 
@@ -154,12 +181,17 @@ def candidate_model(request: pytest.FixtureRequest, base_model: "ModelHandle") -
 
 
 @pytest.fixture
-def forgetguard(request: pytest.FixtureRequest, base_model: "ModelHandle", candidate_model: "ModelHandle") -> Iterator["Forgetguard"]:
+def forgetguard(
+    request: pytest.FixtureRequest, base_model: "ModelHandle", candidate_model: "ModelHandle"
+) -> Iterator["Forgetguard"]:
     """Checks of the candidate against the base: ``kl``, ``assert_kl_budget``, ``drift``, ``assert_drift``."""
     from .comparison import Forgetguard
 
     session = _session(request)
     yield Forgetguard(
-        base_model, candidate_model, seed=session.settings.seed,
-        record=session.records.append, default_name=request.node.nodeid,
+        base_model,
+        candidate_model,
+        seed=session.settings.seed,
+        record=session.records.append,
+        default_name=request.node.nodeid,
     )

@@ -15,13 +15,14 @@ Example::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Union
 
 from .errors import PromptFileError
 
-PromptsLike = Union[str, Path, Sequence[Union[str, dict]]]
+PromptsLike = Union[str, Path, Sequence[Union[str, dict]]]  # noqa: UP007 (evaluated at runtime on 3.10)
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,10 @@ class PromptRecord:
 
     def display(self, limit: int = 80) -> str:
         """A short one-line rendering for reports."""
-        text = self.prompt if self.prompt is not None else " | ".join(
-            f"{m.get('role')}: {m.get('content')}" for m in self.messages or ()
+        text = (
+            self.prompt
+            if self.prompt is not None
+            else " | ".join(f"{m.get('role')}: {m.get('content')}" for m in self.messages or ())
         )
         text = " ".join(str(text).split())
         return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -51,14 +54,16 @@ def _record(index: int, item: Any, where: str) -> PromptRecord:
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise PromptFileError(f"{where}: 'prompt' must be a non-empty string")
     if messages is not None:
-        ok = isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
+        ok = (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
         )
         if not ok:
-            raise PromptFileError(
-                f"{where}: 'messages' must be a non-empty list of {{'role': str, 'content': str}}"
-            )
+            raise PromptFileError(f"{where}: 'messages' must be a non-empty list of {{'role': str, 'content': str}}")
         messages = tuple(dict(m) for m in messages)
     if response is not None and (not isinstance(response, str) or not response):
         raise PromptFileError(f"{where}: 'response' must be a non-empty string")
@@ -77,7 +82,7 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     p = Path(path)
     if not p.is_file():
         raise PromptFileError(f"prompt file {p} does not exist")
-    records = []
+    records: list[PromptRecord] = []
     with open(p, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -117,9 +122,7 @@ def encode_prompt(tokenizer: Any, record: PromptRecord) -> list[int]:
 
 def encode_response(tokenizer: Any, record: PromptRecord) -> list[int]:
     if record.response is None:
-        raise PromptFileError(
-            f"prompt {record.index} has no 'response', which sample_from: dataset needs"
-        )
+        raise PromptFileError(f"prompt {record.index} has no 'response', which sample_from: dataset needs")
     ids = tokenizer(record.response, add_special_tokens=False)["input_ids"]
     if not ids:
         raise PromptFileError(f"prompt {record.index}: 'response' tokenizes to nothing")

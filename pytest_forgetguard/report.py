@@ -15,8 +15,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .records import SCHEMA_VERSION, CheckRecord
 
@@ -32,7 +33,7 @@ def _num(x: float | None) -> str:
 
 
 def rows(records: Sequence[CheckRecord]) -> list[tuple[str, ...]]:
-    out = []
+    out: list[tuple[str, ...]] = []
     for r in records:
         ci = "-" if r.ci_low is None else f"{_num(r.ci_low)}..{_num(r.ci_high)}"
         value = _num(r.value) if r.delta is None else f"{_num(r.value)} (Δ {_num(r.delta)})"
@@ -48,7 +49,9 @@ def terminal_table(records: Sequence[CheckRecord]) -> str:
     return tabulate(rows(records), headers=HEADERS, tablefmt="simple")
 
 
-def json_report(records: Sequence[CheckRecord], base: dict[str, Any] | None, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+def json_report(
+    records: Sequence[CheckRecord], base: dict[str, Any] | None, candidates: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
         "base": base,
@@ -59,7 +62,11 @@ def json_report(records: Sequence[CheckRecord], base: dict[str, Any] | None, can
 
 def markdown_report(records: Sequence[CheckRecord], base: dict[str, Any] | None) -> str:
     failed = [r for r in records if not r.passed]
-    verdict = "✅ all forgetguard checks passed" if not failed else f"❌ {len(failed)} of {len(records)} forgetguard checks failed"
+    verdict = (
+        "✅ all forgetguard checks passed"
+        if not failed
+        else f"❌ {len(failed)} of {len(records)} forgetguard checks failed"
+    )
     if not records:
         verdict = "⚠️ no forgetguard checks ran"
     lines = [f"## {verdict}", ""]

@@ -13,7 +13,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import ForgetguardError, ModelLoadError
 from .records import CheckRecord

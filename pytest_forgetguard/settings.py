@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_SEED = 1234
 DEVICES_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -71,6 +71,10 @@ def _split_specs(value: str) -> list[str]:
     return [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
 
 
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
 def _first(*values: object) -> object:
     for v in values:
         if v not in (None, "", [], ()):
@@ -98,16 +102,14 @@ def resolve(
         return v
 
     base = _first(cli.get("base"), env.get("FORGETGUARD_BASE"), ini_path(ini.get("base")))
-    cand_cli = list(cli.get("candidates") or [])  # type: ignore[call-overload]
+    cand_cli = [str(c) for c in _as_list(cli.get("candidates"))]
     cand_env = _split_specs(env.get("FORGETGUARD_CANDIDATE", ""))
-    cand_ini = [ini_path(c) for c in (ini.get("candidates") or [])]  # type: ignore[attr-defined]
-    candidates = tuple(str(c) for c in (_first(cand_cli, cand_env, cand_ini) or []))  # type: ignore[union-attr]
+    cand_ini = [str(ini_path(c)) for c in _as_list(ini.get("candidates"))]
+    candidates = tuple(cand_cli or cand_env or cand_ini)
 
     device = str(_first(cli.get("device"), ini.get("device")) or "auto").strip()
     if not DEVICES_RE.match(device):
-        raise SettingsError(
-            "--fg-device", f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
-        )
+        raise SettingsError("--fg-device", f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     dtype = str(_first(cli.get("dtype"), ini.get("dtype")) or "auto").strip()
     if dtype not in DTYPES:
         raise SettingsError("--fg-dtype", f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")

@@ -123,7 +123,8 @@ def parse_suite(data: Any, path: Path) -> Suite:
     unknown = set(data) - SUITE_KEYS
     if unknown:
         raise SuiteError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}; expected models, checks")
-    base, candidates = None, ()
+    base: str | None = None
+    candidates: tuple[str, ...] = ()
     models = data.get("models")
     if models is not None:
         if not isinstance(models, dict) or set(models) - MODEL_KEYS:

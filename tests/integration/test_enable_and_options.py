@@ -39,16 +39,21 @@ def test_help_and_collection_do_not_import_torch(pytester):
         "pytest.main(['--collect-only', '-q', '--forgetguard'])\n"
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'lm_eval', 'numpy') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=pytester.path, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=pytester.path, capture_output=True, text=True, check=True
+    ).stdout
     assert "--fg-base" in out and "forgetguard" in out
     assert "HEAVY []" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--fg-device", "gpu"], "--fg-device: unknown device 'gpu'"),
-    (["--fg-dtype", "int4"], "--fg-dtype: unknown dtype 'int4'"),
-    (["--fg-seed", "x"], "--fg-seed: not an integer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fg-device", "gpu"], "--fg-device: unknown device 'gpu'"),
+        (["--fg-dtype", "int4"], "--fg-dtype: unknown dtype 'int4'"),
+        (["--fg-seed", "x"], "--fg-seed: not an integer"),
+    ],
+)
 def test_bad_option_is_a_usage_error(pytester, args, message):
     pytester.makepyfile(TEST_FILE)
     result = pytester.runpytest("--forgetguard", *args)

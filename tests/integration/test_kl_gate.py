@@ -6,12 +6,18 @@ import json
 
 import pytest
 
-PROMPTS = "\n".join(json.dumps({"prompt": p, "response": r}) for p, r in [
-    ("The for statement", " executes the suite once for each item."),
-    ("A class definition", " defines a class object."),
-    ("Identifiers", " are unlimited in length."),
-    ("Boolean operations", " are or, and and not."),
-]) + "\n"
+PROMPTS = (
+    "\n".join(
+        json.dumps({"prompt": p, "response": r})
+        for p, r in [
+            ("The for statement", " executes the suite once for each item."),
+            ("A class definition", " defines a class object."),
+            ("Identifiers", " are unlimited in length."),
+            ("Boolean operations", " are or, and and not."),
+        ]
+    )
+    + "\n"
+)
 
 
 @pytest.fixture
@@ -35,14 +41,16 @@ def test_pass_and_fail_with_an_actionable_message(project, tiny):
     """)
     result = run(project, tiny, "candidate")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*KLBudgetExceeded: KL budget exceeded for candidate*",
-        "*kl_forward_mean = * nats/token > budget 0.001 (over by *",
-        "*95% CI *..*, n = 4 prompts, * response tokens*",
-        "*prompts where the models disagree most:*",
-        "*prompt * (mean * over * tokens): *",
-        "*token * KL *, base top-1 *, candidate top-1 *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*KLBudgetExceeded: KL budget exceeded for candidate*",
+            "*kl_forward_mean = * nats/token > budget 0.001 (over by *",
+            "*95% CI *..*, n = 4 prompts, * response tokens*",
+            "*prompts where the models disagree most:*",
+            "*prompt * (mean * over * tokens): *",
+            "*token * KL *, base top-1 *, candidate top-1 *",
+        ]
+    )
     # The traceback ends in the user's test, not in the plugin.
     assert "comparison.py" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*= forgetguard =*", "*tight*kl_forward_mean*FAIL*"])
@@ -63,9 +71,21 @@ def test_json_report(project, tiny):
     assert data["base"]["spec"] == str(tiny["base"]) and len(data["base"]["fingerprint"]) == 16
     assert data["candidates"] == [{"spec": str(tiny["candidate"]), "fingerprint": data["candidates"][0]["fingerprint"]}]
     kl, drift = data["checks"]
-    assert (kl["name"], kl["kind"], kl["metric"], kl["passed"], kl["n"], kl["budget"]) == ("task-kl", "kl", "kl_forward_mean", True, 4, 100.0)
+    assert (kl["name"], kl["kind"], kl["metric"], kl["passed"], kl["n"], kl["budget"]) == (
+        "task-kl",
+        "kl",
+        "kl_forward_mean",
+        True,
+        4,
+        100.0,
+    )
     assert kl["ci_low"] <= kl["value"] <= kl["ci_high"] and kl["error"] is None
-    assert (drift["name"], drift["kind"], drift["metric"], drift["passed"]) == ("weights", "drift", "relative_l2", False)
+    assert (drift["name"], drift["kind"], drift["metric"], drift["passed"]) == (
+        "weights",
+        "drift",
+        "relative_l2",
+        False,
+    )
     assert drift["value"] > 0.01
     md = project.path.joinpath("out/report.md").read_text()
     assert md.startswith("## ❌ 1 of 2 forgetguard checks failed") and "weight drift of candidate" in md
@@ -122,7 +142,15 @@ def test_several_candidates_parametrize(project, tiny):
         def test_kl(forgetguard):
             forgetguard.assert_kl_budget("prompts.jsonl", budget=1e-4, sample_from="dataset")
     """)
-    result = project.runpytest("--forgetguard", "--fg-base", str(tiny["base"]),
-                               "--fg-candidate", str(tiny["twin"]), "--fg-candidate", str(tiny["candidate"]), "-v")
+    result = project.runpytest(
+        "--forgetguard",
+        "--fg-base",
+        str(tiny["base"]),
+        "--fg-candidate",
+        str(tiny["twin"]),
+        "--fg-candidate",
+        str(tiny["candidate"]),
+        "-v",
+    )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_kl?*twin?*PASSED*", "*test_kl?*candidate?*FAILED*"])

@@ -129,13 +129,15 @@ def test_gate_passes_a_near_identical_candidate(real_suite, real):
 def test_gate_fails_a_drifted_candidate_with_a_useful_message(real_suite, real):
     result = real_suite.runpytest("--forgetguard", "--fg-candidate", str(real["drifted"]))
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines([
-        "*KLBudgetExceeded: KL budget exceeded for candidate*",
-        "*kl_forward_mean = * nats/token > budget 0.01*",
-        "*prompt * (mean * over * tokens): user: What is*",
-        "*DriftExceeded: weight drift of candidate * exceeds its limit: relative_l2 = 0.0*",
-        "*arith-kl*FAIL*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*KLBudgetExceeded: KL budget exceeded for candidate*",
+            "*kl_forward_mean = * nats/token > budget 0.01*",
+            "*prompt * (mean * over * tokens): user: What is*",
+            "*DriftExceeded: weight drift of candidate * exceeds its limit: relative_l2 = 0.0*",
+            "*arith-kl*FAIL*",
+        ]
+    )
 
 
 def test_gate_never_passes_a_nan_candidate(real_suite, real):
@@ -152,9 +154,11 @@ def test_lora_adapter_on_smollm2(real):
     fg = Forgetguard(base, cand)
     result = fg.kl(ARITH, sample_from="dataset", limit=4)
     assert cand.model is base._peft  # one copy of the 135M weights
-    ref_f, _ = reference_kl(real["base"], real["lora"], [
-        (encode_prompt(base.tokenizer, r), encode_response(base.tokenizer, r)) for r in load_prompts(ARITH)[:4]
-    ])
+    ref_f, _ = reference_kl(
+        real["base"],
+        real["lora"],
+        [(encode_prompt(base.tokenizer, r), encode_response(base.tokenizer, r)) for r in load_prompts(ARITH)[:4]],
+    )
     assert result.value == pytest.approx(np.concatenate(ref_f).mean(), rel=1e-3)
     drift = fg.drift()
     assert 0 < drift.relative_l2 < 0.1

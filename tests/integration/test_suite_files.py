@@ -33,24 +33,28 @@ def suite_project(pytester, tiny):
     data = pytester.path / "data"
     data.mkdir()
     data.joinpath("prompts.jsonl").write_text(
-        "\n".join(json.dumps({"prompt": p, "response": r}) for p, r in [
-            ("The for statement", " executes the suite once for each item."),
-            ("Identifiers", " are unlimited in length."),
-        ]) + "\n"
+        "\n".join(
+            json.dumps({"prompt": p, "response": r})
+            for p, r in [
+                ("The for statement", " executes the suite once for each item."),
+                ("Identifiers", " are unlimited in length."),
+            ]
+        )
+        + "\n"
     )
     return pytester
 
 
 def write_suite(pytester, tiny, budget=100, candidate="candidate", name="forgetguard.yaml"):
-    pytester.path.joinpath(name).write_text(
-        SUITE.format(base=tiny["base"], candidate=tiny[candidate], budget=budget)
-    )
+    pytester.path.joinpath(name).write_text(SUITE.format(base=tiny["base"], candidate=tiny[candidate], budget=budget))
 
 
 def test_collect_only_lists_checks_without_loading(suite_project, tiny):
     write_suite(suite_project, tiny)
     result = suite_project.runpytest("--forgetguard", "--collect-only", "-q")
-    result.stdout.fnmatch_lines(["forgetguard.yaml::task-kl", "forgetguard.yaml::sampled-kl", "forgetguard.yaml::weights"])
+    result.stdout.fnmatch_lines(
+        ["forgetguard.yaml::task-kl", "forgetguard.yaml::sampled-kl", "forgetguard.yaml::weights"]
+    )
     assert result.ret == 0
 
 
@@ -58,10 +62,12 @@ def test_suite_passes_and_fails(suite_project, tiny):
     write_suite(suite_project, tiny, budget=0.0001)
     result = suite_project.runpytest("--forgetguard", "--fg-report-json", "r.json", "-v")
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines([
-        "*forgetguard.yaml::task-kl FAILED*",
-        "*KLBudgetExceeded: KL budget exceeded*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*forgetguard.yaml::task-kl FAILED*",
+            "*KLBudgetExceeded: KL budget exceeded*",
+        ]
+    )
     checks = {c["name"]: c for c in json.loads(suite_project.path.joinpath("r.json").read_text())["checks"]}
     assert checks["task-kl"]["passed"] is False
     assert checks["sampled-kl"]["metric"] == "kl_reverse_mean" and checks["sampled-kl"]["passed"]
@@ -100,8 +106,14 @@ def test_nan_candidate_in_a_suite_errors(suite_project, tiny):
 def test_several_candidates_one_item_each(suite_project, tiny):
     write_suite(suite_project, tiny, budget=1e-4)
     result = suite_project.runpytest(
-        "--forgetguard", "--fg-candidate", str(tiny["twin"]), "--fg-candidate", str(tiny["candidate"]),
-        "-k", "task-kl", "-v",
+        "--forgetguard",
+        "--fg-candidate",
+        str(tiny["twin"]),
+        "--fg-candidate",
+        str(tiny["candidate"]),
+        "-k",
+        "task-kl",
+        "-v",
     )
     result.assert_outcomes(passed=1, failed=1, deselected=4)
     result.stdout.fnmatch_lines(["*task-kl?twin? PASSED*", "*task-kl?candidate? FAILED*"])

@@ -101,9 +101,7 @@ def test_batch_size_invariance(tiny, store, direction):
 def test_slicing_does_not_change_values(tiny, store):
     fg = fg_for(store, tiny["base"], tiny["candidate"])
     tok = fg.base.tokenizer
-    seqs = [
-        TokenSequence(i, p, r) for i, (p, r) in enumerate(pairs_of(fg, dataset_items()))
-    ]
+    seqs = [TokenSequence(i, p, r) for i, (p, r) in enumerate(pairs_of(fg, dataset_items()))]
     whole = teacher_forced_kl(fg.base, fg.candidate, seqs, slice_positions=10_000)
     sliced = teacher_forced_kl(fg.base, fg.candidate, seqs, slice_positions=3)
     assert tok is not None
@@ -167,7 +165,9 @@ def test_nan_logits_never_average_away(tiny):
 
 def test_tokenizer_mismatch_names_the_token(tiny, store):
     fg = fg_for(store, tiny["base"], tiny["other_vocab"])
-    with pytest.raises(IncompatibleModelsError, match=r"tokenizers differ at token id \d+: base .* has '.*', candidate"):
+    with pytest.raises(
+        IncompatibleModelsError, match=r"tokenizers differ at token id \d+: base .* has '.*', candidate"
+    ):
         fg.kl(TEXTS[:1], max_new_tokens=2)
 
 

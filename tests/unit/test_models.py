@@ -20,13 +20,16 @@ def test_parse_spec_kinds(tiny, tmp_path):
     assert (hub.kind, hub.location, hub.revision) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct", "main")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("", "empty model SPEC"),
-    ("./no/such/dir", "no such file or directory"),
-    ("/abs/missing", "no such file or directory"),
-    ("missing.gguf", "no such file or directory"),
-    ("not a spec", "no such file or directory"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "empty model SPEC"),
+        ("./no/such/dir", "no such file or directory"),
+        ("/abs/missing", "no such file or directory"),
+        ("missing.gguf", "no such file or directory"),
+        ("not a spec", "no such file or directory"),
+    ],
+)
 def test_bad_specs(spec, message):
     with pytest.raises(ModelLoadError, match=message):
         parse_spec(spec)
@@ -53,7 +56,9 @@ def test_pickle_only_directory_is_refused(tiny, tmp_path, store):
 def test_hub_id_offline_is_a_clear_error(store, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     handle = store.get("forgetguard-test/no-such-model", role="base")
-    with pytest.raises(ModelLoadError, match="cannot load hub model 'forgetguard-test/no-such-model': HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        ModelLoadError, match="cannot load hub model 'forgetguard-test/no-such-model': HF_HUB_OFFLINE is set"
+    ):
         handle.load()
 
 
@@ -113,7 +118,9 @@ def test_compatibility_errors(tiny, store):
     with pytest.raises(IncompatibleModelsError, match="tokenizers differ at token id"):
         check_compatible(base, store.get(str(tiny["other_vocab"])))
     big = store.get(str(tiny["bigvocab"]))
-    with pytest.raises(IncompatibleModelsError, match="vocabulary sizes differ: base .* has 384 output rows, candidate .* has 392"):
+    with pytest.raises(
+        IncompatibleModelsError, match="vocabulary sizes differ: base .* has 384 output rows, candidate .* has 392"
+    ):
         check_compatible(base, big)
     assert check_compatible(base, big, allow_vocab_mismatch=True) == 384
     assert check_compatible(base, store.get(str(tiny["candidate"]))) == 384

@@ -17,7 +17,14 @@ def write(tmp_path, lines):
 
 
 def test_load_prompts_accepts_text_and_chat(tmp_path):
-    p = write(tmp_path, [json.dumps({"prompt": "a"}), "", json.dumps({"messages": [{"role": "user", "content": "b"}], "response": "c"})])
+    p = write(
+        tmp_path,
+        [
+            json.dumps({"prompt": "a"}),
+            "",
+            json.dumps({"messages": [{"role": "user", "content": "b"}], "response": "c"}),
+        ],
+    )
     recs = load_prompts(p)
     assert [r.index for r in recs] == [0, 1]
     assert recs[0].prompt == "a" and recs[1].messages[0]["content"] == "b" and recs[1].response == "c"

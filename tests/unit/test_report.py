@@ -9,8 +9,18 @@ from pytest_forgetguard.report import json_report, markdown_report, terminal_tab
 
 
 def rec(**kw):
-    base = dict(name="task-kl", kind="kl", candidate="cand", metric="kl_forward_mean", value=0.03,
-                budget=0.05, ci_low=0.02, ci_high=0.04, n=8, passed=True)
+    base = dict(
+        name="task-kl",
+        kind="kl",
+        candidate="cand",
+        metric="kl_forward_mean",
+        value=0.03,
+        budget=0.05,
+        ci_low=0.02,
+        ci_high=0.04,
+        n=8,
+        passed=True,
+    )
     base.update(kw)
     return CheckRecord(**base)
 
@@ -25,15 +35,32 @@ def test_nan_error_or_missing_value_never_passes():
 
 
 def test_json_schema(tmp_path):
-    data = json_report([rec(), rec(name="w", kind="drift", value=float("nan"))],
-                       base={"spec": "b", "fingerprint": "f"}, candidates=[{"spec": "cand", "fingerprint": "g"}])
+    data = json_report(
+        [rec(), rec(name="w", kind="drift", value=float("nan"))],
+        base={"spec": "b", "fingerprint": "f"},
+        candidates=[{"spec": "cand", "fingerprint": "g"}],
+    )
     path = tmp_path / "r.json"
     write_json(path, data)
     loaded = json.loads(path.read_text())
     assert loaded["schema"] == 1 and loaded["base"] == {"spec": "b", "fingerprint": "f"}
     check = loaded["checks"][0]
-    for key in ("name", "kind", "candidate", "metric", "value", "base_value", "candidate_value", "delta",
-                "budget", "ci_low", "ci_high", "n", "passed", "error"):
+    for key in (
+        "name",
+        "kind",
+        "candidate",
+        "metric",
+        "value",
+        "base_value",
+        "candidate_value",
+        "delta",
+        "budget",
+        "ci_low",
+        "ci_high",
+        "n",
+        "passed",
+        "error",
+    ):
         assert key in check
     assert check["passed"] is True and check["base_value"] is None
     assert loaded["checks"][1]["passed"] is False and loaded["checks"][1]["value"] == "nan"

@@ -18,12 +18,17 @@ def test_defaults():
 
 def test_precedence_cli_over_env_over_ini(tmp_path):
     ini = {"base": "ini-org/base", "candidates": ["ini-org/cand"], "cache_dir": str(tmp_path / "ini")}
-    env = {"FORGETGUARD_BASE": "env-org/base", "FORGETGUARD_CANDIDATE": "env-org/a, env-org/b",
-           "FORGETGUARD_CACHE_DIR": str(tmp_path / "env")}
+    env = {
+        "FORGETGUARD_BASE": "env-org/base",
+        "FORGETGUARD_CANDIDATE": "env-org/a, env-org/b",
+        "FORGETGUARD_CACHE_DIR": str(tmp_path / "env"),
+    }
     s = resolve({}, env=env, ini=ini)
     assert s.base == "env-org/base" and s.candidates == ("env-org/a", "env-org/b")
     assert s.cache_dir == tmp_path / "env"
-    s = resolve({"base": "cli-org/base", "candidates": ["cli-org/c"], "cache_dir": str(tmp_path / "cli")}, env=env, ini=ini)
+    s = resolve(
+        {"base": "cli-org/base", "candidates": ["cli-org/c"], "cache_dir": str(tmp_path / "cli")}, env=env, ini=ini
+    )
     assert s.base == "cli-org/base" and s.candidates == ("cli-org/c",) and s.cache_dir == tmp_path / "cli"
     s = resolve({}, env={}, ini=ini)
     assert s.base == "ini-org/base" and s.candidates == ("ini-org/cand",)
