@@ -74,7 +74,13 @@ def run_mode(mode: str, base: str, cand: str, n: int, tokens: int, batch: int) -
                 value /= n * (tokens - 32)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "wall_s": round(wall, 2), "peak_rss_mib": round(peak), "loaded_rss_mib": round(rss_loaded), "value": value}
+    return {
+        "mode": mode,
+        "wall_s": round(wall, 2),
+        "peak_rss_mib": round(peak),
+        "loaded_rss_mib": round(rss_loaded),
+        "value": value,
+    }
 
 
 def main() -> None:
@@ -92,8 +98,22 @@ def main() -> None:
         return
     results = {}
     for mode in args.modes.split(","):
-        cmd = [sys.executable, __file__, "--base", args.base, "--candidate", args.candidate, "--prompts", str(args.prompts),
-               "--tokens", str(args.tokens), "--batch", str(args.batch), "--child", mode]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--base",
+            args.base,
+            "--candidate",
+            args.candidate,
+            "--prompts",
+            str(args.prompts),
+            "--tokens",
+            str(args.tokens),
+            "--batch",
+            str(args.batch),
+            "--child",
+            mode,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[mode] = json.loads(out)
         print(out, flush=True)
@@ -101,8 +121,10 @@ def main() -> None:
     if floor:
         for mode, r in results.items():
             if mode != "floor":
-                print(f"{mode}: {r['wall_s'] / floor['wall_s']:.2f}x the floor's time, "
-                      f"{r['peak_rss_mib'] / floor['peak_rss_mib']:.2f}x its peak memory")
+                print(
+                    f"{mode}: {r['wall_s'] / floor['wall_s']:.2f}x the floor's time, "
+                    f"{r['peak_rss_mib'] / floor['peak_rss_mib']:.2f}x its peak memory"
+                )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from .errors import IncompatibleModelsError, ModelLoadError, NonFiniteError, req
 if TYPE_CHECKING:
     import torch
 
+SCHEME_RE = re.compile(r"^[A-Za-z][\w+.-]*://")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # Files that define a model's behaviour; anything else in the directory
 # (README, training logs) does not change its fingerprint.
@@ -56,7 +57,7 @@ CustomLoader = Callable[[str, str, str], "tuple[Any, Any] | None"]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed SPEC: ``kind`` is one of ``dir``, ``peft``, ``gguf``, ``hub``."""
+    """A parsed SPEC: ``kind`` is one of ``dir``, ``peft``, ``gguf``, ``hub``, ``custom`` (scheme://)."""
 
     text: str
     kind: str
@@ -87,6 +88,9 @@ def parse_spec(text: str) -> ModelSpec:
             f"model directory {raw!r} has neither config.json (a Hugging Face model) nor "
             "adapter_config.json (a PEFT adapter); save the model with save_pretrained()"
         )
+    if SCHEME_RE.match(raw):
+        # "registry://name": only a pytest_forgetguard_load_model hook can load it.
+        return ModelSpec(raw, "custom", raw)
     looks_like_path = raw.startswith((".", "/", "~")) or raw.lower().endswith(".gguf") or raw.count("/") > 1
     match = HUB_ID_RE.match(raw)
     if looks_like_path or not match:
@@ -126,6 +130,21 @@ def fingerprint_directory(directory: Path, extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
     for f in sorted(files):
         h.update(f.name.encode() + b"\0" + _hash_file_memo(f).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def fingerprint_loaded(model: Any, tokenizer: Any) -> str:
+    """Content hash of an in-memory model (for models a hook loaded): weights, config, vocabulary."""
+    import torch
+
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        h.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     return h.hexdigest()[:16]
 
 
@@ -227,7 +246,9 @@ class ModelHandle:
     def fingerprint(self) -> str:
         """16 hex digits of sha256 over weights, config and tokenizer files."""
         if self._fingerprint is None:
-            if self.spec.kind == "peft":
+            if self.spec.kind == "custom" or (self._model is not None and self.store.custom_loaded(self)):
+                self._fingerprint = fingerprint_loaded(self.model, self.tokenizer)
+            elif self.spec.kind == "peft":
                 base_fp = self.store._adapter_base(self).fingerprint
                 self._fingerprint = fingerprint_directory(self.local_dir, extra=base_fp)
             else:
@@ -298,6 +319,7 @@ class ModelStore:
         self.check_weights = check_weights
         self._handles: dict[tuple[str, str], ModelHandle] = {}
         self._run_base: ModelHandle | None = None
+        self._custom: set[int] = set()  # ids of handles a loader hook loaded
 
     def get(self, spec: str, role: str = "candidate", base: ModelHandle | None = None) -> ModelHandle:
         """A handle for ``spec`` (nothing is loaded yet). ``base`` is the run's base model."""
@@ -313,7 +335,12 @@ class ModelStore:
 
     # -- loading -----------------------------------------------------------------
 
+    def custom_loaded(self, handle: ModelHandle) -> bool:
+        return id(handle) in self._custom
+
     def _local_dir(self, spec: ModelSpec) -> Path:
+        if spec.kind == "custom":
+            raise ModelLoadError(f"model SPEC {spec.text!r} was loaded by a hook and has no local directory")
         if spec.kind in ("dir", "peft"):
             return Path(spec.location)
         if spec.kind == "gguf":
@@ -394,8 +421,14 @@ class ModelStore:
             loaded = self.custom_loader(handle.spec.text, self.device, self.dtype)
             if loaded is not None:
                 handle._model, handle._tokenizer = loaded
+                self._custom.add(id(handle))
                 self._finish(handle)
                 return
+        if handle.spec.kind == "custom":
+            raise ModelLoadError(
+                f"no pytest_forgetguard_load_model hook loaded model SPEC {handle.spec.text!r}; "
+                "implement the hook in a conftest.py or plugin (see the README)"
+            )
         if handle.spec.kind == "peft":
             self._load_adapter(handle)
             return

@@ -97,3 +97,33 @@ def test_missing_model_path_is_a_clear_error(pytester):
     result = pytester.runpytest("--forgetguard", "--fg-base", "./nowhere/model", "--fg-candidate", "./x")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*model SPEC './nowhere/model': no such file or directory*"])
+
+
+def test_load_model_hook(pytester, tiny):
+    pytester.makeconftest(f"""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        LOADED = []
+
+        def pytest_forgetguard_load_model(spec, device, dtype):
+            if not spec.startswith("registry://"):
+                return None
+            name = spec.split("://", 1)[1]
+            path = {{"base": r"{tiny["base"]}", "cand": r"{tiny["candidate"]}"}}[name]
+            LOADED.append(spec)
+            return AutoModelForCausalLM.from_pretrained(path).to(device), AutoTokenizer.from_pretrained(path)
+    """)
+    pytester.makepyfile("""
+        import conftest
+
+        def test_hook(forgetguard, base_model, candidate_model):
+            result = forgetguard.kl(["The for statement"], max_new_tokens=4)
+            assert result.value > 0
+            assert conftest.LOADED == ["registry://base", "registry://cand"]
+            assert len(base_model.fingerprint) == 16 and base_model.fingerprint != candidate_model.fingerprint
+    """)
+    result = pytester.runpytest("--forgetguard", "--fg-base", "registry://base", "--fg-candidate", "registry://cand")
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest("--forgetguard", "--fg-base", "other://base", "--fg-candidate", "registry://cand")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*no pytest_forgetguard_load_model hook loaded model SPEC 'other://base'*"])
