@@ -353,9 +353,28 @@ def _kl_slices(
 def kl_pair(lp: "torch.Tensor", lq: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
     """Row-wise KL(p||q) and KL(q||p) from log-probabilities.
 
-    A token with zero probability contributes nothing to the divergence from
-    its own side (0 log 0 = 0); NaN logits stay NaN so they are caught.
+    The fast path is a few passes over the [positions, vocab] slice. Rows it
+    cannot settle (a token with zero probability gives 0 * inf) are redone
+    the careful way: a zero-probability token contributes nothing from its
+    own side (0 log 0 = 0), NaN logits stay NaN so they are caught, and mass
+    where the other model has none gives +inf, which is caught too.
     """
+    import torch
+
+    diff = lp - lq
+    fwd = torch.linalg.vecdot(lp.exp(), diff)
+    rev = -torch.linalg.vecdot(lq.exp(), diff)
+    bad = ~(torch.isfinite(fwd) & torch.isfinite(rev))
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(-1)
+        f_slow, r_slow = _kl_pair_careful(lp[rows], lq[rows])
+        fwd, rev = fwd.clone(), rev.clone()
+        fwd[rows], rev[rows] = f_slow, r_slow
+    # Round-off can give -1e-9 on identical rows; KL is >= 0 by definition (NaN stays NaN).
+    return fwd.clamp_min(0.0), rev.clamp_min(0.0)
+
+
+def _kl_pair_careful(lp: "torch.Tensor", lq: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
     import torch
 
     diff = lp - lq
@@ -365,7 +384,4 @@ def kl_pair(lp: "torch.Tensor", lq: "torch.Tensor") -> tuple["torch.Tensor", "to
     rev = torch.where(q > 0, -q * diff, zero).sum(-1)
     nan_rows = torch.isnan(lp).any(-1) | torch.isnan(lq).any(-1)
     nan = torch.full_like(fwd, float("nan"))
-    # Round-off can give -1e-9 on identical rows; KL is >= 0 by definition.
-    fwd = torch.where(nan_rows, nan, fwd.clamp_min(0.0))
-    rev = torch.where(nan_rows, nan, rev.clamp_min(0.0))
-    return fwd, rev
+    return torch.where(nan_rows, nan, fwd), torch.where(nan_rows, nan, rev)

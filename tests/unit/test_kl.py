@@ -218,3 +218,20 @@ def test_bad_arguments(tiny, store, kwargs, message):
     fg = fg_for(store, tiny["base"], tiny["candidate"])
     with pytest.raises(ValueError, match=message):
         fg.kl(TEXTS, **kwargs)
+
+
+def test_kl_pair_fast_path_equals_the_definition():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    lb = torch.randn(7, 50, generator=gen, dtype=torch.float64) * 3
+    lc = lb + torch.randn(7, 50, generator=gen, dtype=torch.float64) * 0.2
+    lc[2, 4] = float("-inf")  # a masked token on one row takes the careful path
+    lp, lq = lb.log_softmax(-1), lc.log_softmax(-1)
+    fwd, rev = kl_pair(lp, lq)
+    p, q = lp.exp().numpy(), lq.exp().numpy()
+    ref_f = np.array([sum(pi * (np.log(pi) - np.log(qi)) if qi > 0 else np.inf for pi, qi in zip(pr, qr)) for pr, qr in zip(p, q)])
+    ref_r = np.array([sum(qi * (np.log(qi) - np.log(pi)) for pi, qi in zip(pr, qr) if qi > 0) for pr, qr in zip(p, q)])
+    np.testing.assert_allclose(fwd.numpy(), ref_f, rtol=1e-10)
+    np.testing.assert_allclose(rev.numpy(), ref_r, rtol=1e-10)
+    assert fwd[2].item() == float("inf") and np.isfinite(rev[2].item())
