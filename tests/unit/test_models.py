@@ -124,3 +124,17 @@ def test_compatibility_errors(tiny, store):
         check_compatible(base, big)
     assert check_compatible(base, big, allow_vocab_mismatch=True) == 384
     assert check_compatible(base, store.get(str(tiny["candidate"]))) == 384
+
+
+def test_adapter_whose_base_cannot_be_found(tiny, tmp_path, store):
+    import json
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny["lora"], adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "./gone/base-model"
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    base = store.get(str(tiny["candidate"]), role="base")  # a different model than the adapter's base
+    cand = store.get(str(adapter), base=base)
+    with pytest.raises(ModelLoadError, match="was trained on './gone/base-model', which is not the run's base and cannot be loaded"):
+        cand.load()
