@@ -16,17 +16,19 @@ Example (in a test)::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import DriftExceeded, ForgetguardError, KLBudgetExceeded, PromptFileError
+from .errors import CapabilityForgotten, DriftExceeded, ForgetguardWarning, KLBudgetExceeded, PromptFileError
 from .kl import DIRECTIONS, METRICS, KLResult, TokenSequence, teacher_forced_kl
 from .prompts import PromptsLike, as_records, encode_prompt, encode_response
 from .records import CheckRecord
 
 if TYPE_CHECKING:
+    from .cache import ResultCache
     from .drift import DriftResult
     from .models import ModelHandle
+    from .retention import RetentionResult
 
 SAMPLE_FROM = ("base", "candidate", "dataset")
 DEFAULT_SAMPLE_FROM = {"forward": "base", "reverse": "candidate", "symmetric": "base"}
@@ -36,6 +38,12 @@ def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
     return float(value)
+
+
+def _default_warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, ForgetguardWarning, stacklevel=3)
 
 
 class Forgetguard:
@@ -52,12 +60,16 @@ class Forgetguard:
         seed: int = 1234,
         record: Callable[[CheckRecord], None] | None = None,
         default_name: str = "forgetguard",
+        cache: "ResultCache | None" = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.base = base
         self.candidate = candidate
         self.seed = seed
         self._record = record or (lambda rec: None)
         self.default_name = default_name
+        self.cache = cache
+        self._warn = warn or _default_warn
         self._compatible: dict[bool, int] = {}
 
     def __repr__(self) -> str:
@@ -262,13 +274,146 @@ class Forgetguard:
             raise DriftExceeded(message, result)
         return result
 
-    # -- retention (arrives with the retention issue) --------------------------
+    # -- retention -------------------------------------------------------------
 
-    def retention(self, *args: Any, **kwargs: Any) -> Any:
-        raise ForgetguardError("retention checks are not available in this version of pytest-forgetguard yet")
+    def retention(
+        self,
+        task: str | Sequence[str],
+        metric: str | None = None,
+        include_path: Any = None,
+        num_fewshot: int | None = None,
+        limit: int | float | None = None,
+        filter: str | None = None,  # noqa: A002 (lm-eval's word)
+        batch_size: int = 8,
+        apply_chat_template: bool = False,
+    ) -> "RetentionResult":
+        """Run lm-eval task(s) on both models and compare them item by item.
 
-    def assert_retained(self, *args: Any, **kwargs: Any) -> Any:
-        raise ForgetguardError("retention checks are not available in this version of pytest-forgetguard yet")
+        ``task`` is a task or group name or a list of them (looked up in the
+        shipped probes, ``include_path`` and lm-eval's own tasks); ``metric``
+        defaults to the task's first metric. Several tasks are pooled over
+        their items (lm-eval's size-weighted group score). The base's
+        per-item results come from the cache when nothing they depend on
+        changed.
+        """
+        from .retention import compare, evaluate, lm_eval_aggregation
+
+        names = [task] if isinstance(task, str) else list(task)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self._vocab(False)
+        options = dict(
+            include_path=include_path,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            batch_size=batch_size,
+            seed=self.seed,
+            apply_chat_template=apply_chat_template,
+        )
+        settings = {"dtype": self.base.store.dtype, "device": self.base.store.device.split(":")[0]}
+        base_runs = evaluate(self.base, names, cache=self.cache, settings=settings, **options)
+        cand_runs = evaluate(self.candidate, names, **options)
+        return compare(
+            base_runs, cand_runs, metric=metric, filter_=filter, seed=self.seed, aggregation_fn=lm_eval_aggregation
+        )
+
+    def assert_retained(
+        self,
+        task: str | Sequence[str],
+        max_drop: float | None = None,
+        max_drop_relative: float | None = None,
+        gate: str = "observed",
+        name: str | None = None,
+        **retention_options: Any,
+    ) -> "RetentionResult":
+        """Fail with :class:`CapabilityForgotten` when the candidate lost more than allowed.
+
+        ``max_drop`` is absolute (metric units), ``max_drop_relative`` a fraction
+        of the base score; with both, the tighter applies. ``gate``: ``observed``
+        (default) fails when the observed drop exceeds the allowance;
+        ``significant`` only when it does so with 95% confidence; ``strict``
+        unless the 95% CI shows the drop is within the allowance.
+        """
+        __tracebackhide__ = True
+        from .retention import GATES, allowance_for, gate_passes
+
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+        for label, v in (("max_drop", max_drop), ("max_drop_relative", max_drop_relative)):
+            if v is not None:
+                _check_number(label, v)
+        if max_drop is None and max_drop_relative is None:
+            raise ValueError("assert_retained needs max_drop (absolute) and/or max_drop_relative")
+        rec = CheckRecord(
+            name=name or self.default_name,
+            kind="retention",
+            candidate=self.candidate.label,
+            metric=str(retention_options.get("metric") or "-"),
+        )
+        try:
+            result = self.retention(task, **retention_options)
+        except Exception as exc:
+            self._finish(rec, error=f"{type(exc).__name__}: {exc}")
+            raise
+        allowance = allowance_for(result.base_value, max_drop, max_drop_relative)
+        result.allowance, result.gate = allowance, gate
+        passed = gate_passes(result, allowance, gate)
+        lo, hi = result.drop_ci
+        rec.metric = result.metric
+        rec.value, rec.base_value, rec.candidate_value, rec.delta = (
+            result.candidate_value,
+            result.base_value,
+            result.candidate_value,
+            result.delta,
+        )
+        rec.budget, rec.ci_low, rec.ci_high, rec.n = allowance, result.ci_low, result.ci_high, result.n
+        rec.p_value = result.p_value
+        rec.details = {
+            "tasks": list(result.tasks),
+            "gate": gate,
+            "drop": result.drop,
+            "drop_ci": [lo, hi],
+            "higher_is_better": result.higher_is_better,
+            "p_value": result.p_value,
+            "lost": result.lost,
+            "gained": result.gained,
+            "per_task": [vars(t) for t in result.per_task],
+        }
+        width = hi - lo
+        if width > allowance:
+            needed = math.ceil(result.n * (width / allowance) ** 2) if allowance > 0 else None
+            rec.details["underpowered"] = True
+            self._warn(
+                f"retention check {rec.name!r} is underpowered: its 95% CI of the drop is {width:.3g} wide, "
+                f"wider than the allowance {allowance:.3g}"
+                + (f"; about {needed} items would be needed (it has {result.n})" if needed else "")
+            )
+        message = None
+        if not passed:
+            flips = "\n".join(
+                f"    [{f.task} #{f.doc_id}] ...{f.prompt[-120:]!r} -> right {f.target!r}; base said "
+                f"{f.base_answer!r}, candidate said {f.candidate_answer!r}"
+                for f in result.flipped
+            )
+            per_task = "\n".join(
+                f"    {t.task}: {t.base_value:.4g} -> {t.candidate_value:.4g} ({t.n} items)" for t in result.per_task
+            )
+            message = (
+                f"capability forgotten by candidate {self.candidate.label!r} (gate: {gate}):\n"
+                f"  {result.summary()}\n"
+                f"  drop {result.drop:+.4g} (95% CI {lo:+.4g}..{hi:+.4g}) vs allowed {allowance:.4g}\n"
+                + (f"  per task:\n{per_task}\n" if len(result.per_task) > 1 else "")
+                + (
+                    f"  items the base got right and the candidate got wrong (first {len(result.flipped)}):\n{flips}"
+                    if flips
+                    else ""
+                )
+            )
+            rec.details["message"] = message
+        self._finish(rec, passed=passed)
+        if message is not None:
+            raise CapabilityForgotten(message, result)
+        return result
 
     def _finish(self, rec: CheckRecord, passed: bool = False, error: str | None = None) -> None:
         rec.passed, rec.error = passed, error

@@ -36,6 +36,10 @@ class MissingDependencyError(ForgetguardError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
 
+class ForgetguardWarning(UserWarning):
+    """Something a person should know that does not fail a check (e.g. an underpowered test)."""
+
+
 class CheckFailed(AssertionError):
     """A forgetguard check ran and did not hold. ``result`` holds the numbers."""
 

@@ -194,4 +194,5 @@ def forgetguard(
         seed=session.settings.seed,
         record=session.records.append,
         default_name=request.node.nodeid,
+        cache=session.cache,
     )

@@ -34,6 +34,7 @@ class CheckRecord:
     ci_low: float | None = None
     ci_high: float | None = None
     n: int | None = None
+    p_value: float | None = None
     passed: bool = False
     error: str | None = None
     nodeid: str = ""

@@ -21,7 +21,7 @@ from typing import Any
 
 from .records import SCHEMA_VERSION, CheckRecord
 
-HEADERS = ("check", "candidate", "metric", "value", "budget", "95% CI", "n", "verdict")
+HEADERS = ("check", "candidate", "metric", "base", "value", "delta", "budget", "95% CI", "n", "p", "verdict")
 
 
 def _num(x: float | None) -> str:
@@ -33,12 +33,24 @@ def _num(x: float | None) -> str:
 
 
 def rows(records: Sequence[CheckRecord]) -> list[tuple[str, ...]]:
+    """One row per check. For retention the CI is that of the delta (candidate - base)."""
     out: list[tuple[str, ...]] = []
     for r in records:
         ci = "-" if r.ci_low is None else f"{_num(r.ci_low)}..{_num(r.ci_high)}"
-        value = _num(r.value) if r.delta is None else f"{_num(r.value)} (Δ {_num(r.delta)})"
         out.append(
-            (r.name, r.candidate, r.metric, value, _num(r.budget), ci, "-" if r.n is None else str(r.n), r.verdict)
+            (
+                r.name,
+                r.candidate,
+                r.metric,
+                _num(r.base_value),
+                _num(r.value),
+                "-" if r.delta is None else f"{r.delta:+.4g}",
+                _num(r.budget),
+                ci,
+                "-" if r.n is None else str(r.n),
+                "-" if r.p_value is None else f"{r.p_value:.3g}",
+                r.verdict,
+            )
         )
     return out
 

@@ -22,6 +22,7 @@ from .report import json_report, markdown_report, write_atomic, write_json
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .cache import ResultCache
     from .comparison import Forgetguard
     from .models import CustomLoader, ModelHandle, ModelStore
     from .suite import CheckSpec
@@ -39,6 +40,7 @@ class ForgetguardSession:
         self._custom_loader = custom_loader
         self._warn = warn
         self._store: ModelStore | None = None
+        self._cache: ResultCache | None = None
 
     @property
     def store(self) -> "ModelStore":
@@ -55,6 +57,16 @@ class ForgetguardSession:
                 warn=self._warn,
             )
         return self._store
+
+    @property
+    def cache(self) -> "ResultCache":
+        """Base-model results shared by every check of the session (on disk unless --fg-no-cache)."""
+        if self._cache is None:
+            from .cache import ResultCache
+
+            root = None if self.settings.cache_dir is None else self.settings.cache_dir / "results"
+            self._cache = ResultCache(root, warn=self._warn)
+        return self._cache
 
     def base_spec(self, suite_base: str | None = None) -> str:
         spec = self.settings.base or suite_base
@@ -85,7 +97,15 @@ class ForgetguardSession:
 
         base = self.base_handle(suite_base)
         cand = self.candidate_handle(candidate_spec, suite_base)
-        return Forgetguard(base, cand, seed=self.settings.seed, record=self.records.append, default_name=name)
+        return Forgetguard(
+            base,
+            cand,
+            seed=self.settings.seed,
+            record=self.records.append,
+            default_name=name,
+            cache=self.cache,
+            warn=self._warn,
+        )
 
     def record_error(self, name: str, kind: str, candidate: str, exc: BaseException) -> None:
         """Record a check that failed before it could measure anything."""
@@ -132,4 +152,5 @@ def run_check(fg: "Forgetguard", check: "CheckSpec") -> Any:
         return fg.assert_kl_budget(prompts, budget, name=check.name, **opts)
     if check.kind == "drift":
         return fg.assert_drift(name=check.name, **opts)
-    return fg.assert_retained(name=check.name, **opts)
+    task = opts.pop("task")
+    return fg.assert_retained(task, name=check.name, **opts)

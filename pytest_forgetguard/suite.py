@@ -46,10 +46,18 @@ RETENTION_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "max_drop": ((int, float), False),
     "max_drop_relative": ((int, float), False),
     "num_fewshot": ((int,), False),
-    "limit": ((int,), False),
+    "limit": ((int, float), False),
+    "gate": ((str,), False),
+    "filter": ((str,), False),
+    "batch_size": ((int,), False),
+    "apply_chat_template": ((bool,), False),
 }
 SCHEMAS = {"kl": KL_KEYS, "drift": DRIFT_KEYS, "retention": RETENTION_KEYS}
-ENUMS = {"direction": ("forward", "reverse", "symmetric"), "sample_from": ("base", "candidate", "dataset")}
+ENUMS = {
+    "direction": ("forward", "reverse", "symmetric"),
+    "sample_from": ("base", "candidate", "dataset"),
+    "gate": ("observed", "significant", "strict"),
+}
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,19 @@ def _check_options(path: Path, name: str, kind: str, options: Any) -> dict[str, 
         out["prompts"] = str(prompts)
     if kind == "drift" and not ({"max_relative_l2", "max_changed_fraction"} & set(out)):
         raise SuiteError(f"{where}: give max_relative_l2 and/or max_changed_fraction")
-    if kind == "retention" and "include_path" in out:
-        out["include_path"] = str(path.parent / out["include_path"])
+    if kind == "retention":
+        if not ({"max_drop", "max_drop_relative"} & set(out)):
+            raise SuiteError(f"{where}: give max_drop (absolute) and/or max_drop_relative")
+        tasks = out["task"] if isinstance(out["task"], list) else [out["task"]]
+        if not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise SuiteError(f"{where}.task: a task name or a non-empty list of task names")
+        if "include_path" in out:
+            include = path.parent / out["include_path"]
+            if not include.is_dir():
+                raise SuiteError(
+                    f"{where}.include_path: {include} is not a directory (paths are relative to the suite file)"
+                )
+            out["include_path"] = str(include)
     return out
 
 

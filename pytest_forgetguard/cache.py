@@ -1,0 +1,90 @@
+"""A JSON result cache that is never trusted blindly.
+
+Entries are keyed by a hash of everything that determines the result (the
+caller passes those parts), carry a schema version and metadata, are written
+atomically, and a corrupt or incompatible entry is reported through ``warn``
+and recomputed — never a crash, never a stale answer.
+
+Example::
+
+    cache = ResultCache(Path("~/.cache/pytest-forgetguard"), warn=print)
+    key = cache_key(model="a1b2...", task_config={...}, data="9f8e...")
+    payload = cache.load("retention", key)
+    if payload is None:
+        payload = compute()
+        cache.store("retention", key, payload, meta={"task": "fg_capitals"})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CACHE_SCHEMA = 1
+
+
+def cache_key(**parts: Any) -> str:
+    """sha256 of the canonical JSON of ``parts`` (keys sorted; non-JSON values by ``str``)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResultCache:
+    """``root=None`` disables the cache (every load misses, stores are dropped)."""
+
+    def __init__(self, root: Path | None, warn: Callable[[str], None] | None = None) -> None:
+        self.root = root
+        self.warn = warn or (lambda message: None)
+        self.hits = 0
+        self.misses = 0
+        self._memory: dict[tuple[str, str], Any] = {}  # this process's entries, even with the disk cache off
+
+    def _path(self, namespace: str, key: str) -> Path:
+        assert self.root is not None
+        return self.root / namespace / key[:2] / f"{key}.json"
+
+    def load(self, namespace: str, key: str) -> Any | None:
+        if (namespace, key) in self._memory:
+            self.hits += 1
+            return self._memory[(namespace, key)]
+        if self.root is None:
+            self.misses += 1
+            return None
+        path = self._path(namespace, key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(entry, dict) or entry.get("schema") != CACHE_SCHEMA or entry.get("key") != key:
+                raise ValueError(f"schema {entry.get('schema') if isinstance(entry, dict) else '?'} != {CACHE_SCHEMA}")
+            payload = entry["payload"]
+        except (OSError, ValueError, KeyError) as exc:
+            self.warn(f"forgetguard cache entry {path} is unusable ({exc}); recomputing")
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._memory[(namespace, key)] = payload
+        return payload
+
+    def store(self, namespace: str, key: str, payload: Any, meta: dict[str, Any] | None = None) -> None:
+        self._memory[(namespace, key)] = payload
+        if self.root is None:
+            return
+        path = self._path(namespace, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"schema": CACHE_SCHEMA, "key": key, "meta": meta or {}, "payload": payload}
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(entry, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise

@@ -1,0 +1,582 @@
+"""Capability retention through lm-evaluation-harness, compared item by item.
+
+Both models are evaluated by lm-eval itself (``simple_evaluate`` with the
+already-loaded model wrapped in ``HFLM``, ``log_samples=True``), so any lm-eval
+task works: multiple_choice, loglikelihood, loglikelihood_rolling and
+generate_until, with lm-eval's own metrics, aggregations and
+``higher_is_better``. The two runs are paired by (task, doc_id, doc_hash) for
+paired statistics. The base model's per-item results are cached, keyed by
+everything that determines them (see :func:`base_cache_key`).
+
+Relative ``data_files`` in a task YAML are resolved against the directory of
+that YAML (lm-eval itself would resolve them against the working directory).
+
+Example::
+
+    runs = evaluate(handle, ["fg_capitals"], include_path=None)
+    runs["fg_capitals"].values("acc")   # per-item values, keyed by (doc_id, doc_hash)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import inspect
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .cache import ResultCache, cache_key
+from .errors import ForgetguardError, NonFiniteError
+from .stats import ItemValues, mcnemar_exact, paired_bootstrap
+
+if TYPE_CHECKING:
+    from .models import ModelHandle
+
+PROBES_DIR = Path(__file__).resolve().parent / "probes"
+GATES = ("observed", "significant", "strict")
+CACHE_NAMESPACE = "retention-base"
+CACHE_FORMAT = 1
+
+
+class RetentionError(ForgetguardError):
+    """A retention check cannot run: unknown task or metric, unpaired items."""
+
+
+@dataclass
+class TaskRun:
+    """One model's lm-eval run on one task, reduced to what the comparison needs."""
+
+    task: str
+    samples: list[dict[str, Any]]
+    higher_is_better: dict[str, bool]
+    aggregation: dict[str, str]
+    results: dict[str, Any]
+    output_type: str = ""
+
+    def metrics(self) -> list[str]:
+        return list(self.higher_is_better)
+
+    def filters(self) -> list[str]:
+        return sorted({s["filter"] for s in self.samples})
+
+    def values(self, metric: str, filter_: str) -> dict[tuple[int, str], Any]:
+        return {
+            (s["doc_id"], s["doc_hash"]): s["metrics"][metric]
+            for s in self.samples
+            if s["filter"] == filter_ and metric in s["metrics"]
+        }
+
+    def sample(self, doc_id: int, filter_: str) -> dict[str, Any]:
+        for s in self.samples:
+            if s["doc_id"] == doc_id and s["filter"] == filter_:
+                return s
+        raise KeyError(doc_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "samples": self.samples,
+            "higher_is_better": self.higher_is_better,
+            "aggregation": self.aggregation,
+            "results": self.results,
+            "output_type": self.output_type,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TaskRun":
+        return cls(**data)
+
+
+# -- loading tasks ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval logs every config default it fills in; keep CI output readable."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def include_paths(include_path: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """The shipped probes first, then the user's directories (which must exist)."""
+    paths = [PROBES_DIR]
+    extra = (
+        [] if include_path is None else [include_path] if isinstance(include_path, (str, Path)) else list(include_path)
+    )
+    for p in extra:
+        path = Path(p).expanduser().resolve()
+        if not path.is_dir():
+            raise RetentionError(f"include_path {p} is not a directory of lm-eval task YAMLs")
+        paths.append(path)
+    return paths
+
+
+_MANAGERS: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+def _task_manager(paths: list[Path], names: Sequence[str]) -> Any:
+    """An lm-eval TaskManager over our paths; lm-eval's ~15k built-in tasks only if needed."""
+    from lm_eval.tasks import TaskManager as _TM
+
+    def TaskManager(include_path: list[str], include_defaults: bool) -> Any:
+        key = (tuple(include_path), include_defaults)
+        if key not in _MANAGERS:  # indexing is the slow part; task files are re-read on load
+            _MANAGERS[key] = _TM(include_path=include_path, include_defaults=include_defaults)
+        return _MANAGERS[key]
+
+    with _quiet_lm_eval():
+        tm = TaskManager(include_path=[str(p) for p in paths], include_defaults=False)
+        missing = [n for n in names if n not in tm.task_index]
+        if missing:
+            # Not ours: try lm-eval's built-in tasks (indexing them costs seconds).
+            tm = TaskManager(include_path=[str(p) for p in paths], include_defaults=True)
+    missing = [n for n in names if n not in tm.task_index]
+    if missing:
+        local = sorted(
+            n
+            for n, e in tm.task_index.items()
+            if e.yaml_path and any(str(e.yaml_path).startswith(str(p)) for p in paths)
+        )
+        close = difflib.get_close_matches(missing[0], list(tm.task_index), n=3)
+        raise RetentionError(
+            f"unknown lm-eval task {missing[0]!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+            + f" Tasks in the include paths: {', '.join(local[:20]) or 'none'}"
+        )
+    return tm
+
+
+def load_tasks(names: Sequence[str], paths: list[Path]) -> tuple[Any, dict[str, Any]]:
+    """Build lm-eval Task objects (leaf tasks of any group) by name, with their TaskManager."""
+    if not names:
+        raise RetentionError("a retention check needs at least one task")
+    tm = _task_manager(paths, names)
+    tasks: dict[str, Any] = {}
+    for name in names:
+        entry = tm.task_index[name]
+        where = Path(entry.yaml_path).parent if entry.yaml_path else Path.cwd()
+        try:
+            with _chdir(where), _quiet_lm_eval():
+                loaded = tm.load([name])
+        except Exception as exc:
+            raise RetentionError(f"lm-eval could not load task {name!r} ({entry.yaml_path}): {exc}") from exc
+        for task_name, task in loaded["tasks"].items():
+            task._fg_dir = where  # where its relative data files live (for the cache key)
+            tasks[task_name] = task
+    return tm, tasks
+
+
+# -- the cache key ----------------------------------------------------------------
+
+
+def _stable(obj: Any) -> Any:
+    """A JSON-stable view of a task config: functions by name and source hash, not address."""
+    if isinstance(obj, dict):
+        return {str(k): _stable(v) for k, v in obj.items() if k != "config_source"}
+    if isinstance(obj, (list, tuple)):
+        return [_stable(v) for v in obj]
+    if callable(obj):
+        try:
+            src = inspect.getsource(obj)
+        except (OSError, TypeError):
+            src = ""
+        name = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+        return {"callable": name, "source": hashlib.sha256(src.encode()).hexdigest()[:16]}
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _data_hashes(task: Any) -> dict[str, str]:
+    """sha256 of every local data file the task reads."""
+    from .models import _hash_file_memo
+
+    kwargs = task.config.dataset_kwargs or {}
+    files = kwargs.get("data_files") or {}
+    listed = files.values() if isinstance(files, dict) else [files]
+    out = {}
+    for item in listed:
+        for f in [item] if isinstance(item, str) else list(item):
+            path = Path(f) if os.path.isabs(f) else Path(task._fg_dir) / f
+            out[str(f)] = _hash_file_memo(path) if path.is_file() else "missing"
+    return out
+
+
+def base_cache_key(task_name: str, task: Any, fingerprint: str, settings: dict[str, Any]) -> str:
+    """Everything that determines a model's per-item results on a task."""
+    import lm_eval
+
+    return cache_key(
+        format=CACHE_FORMAT,
+        model=fingerprint,
+        task=task_name,
+        config=_stable(task.dump_config()),
+        version=str(getattr(task, "VERSION", None)),
+        data=_data_hashes(task),
+        lm_eval=getattr(lm_eval, "__version__", "?"),
+        settings=settings,
+    )
+
+
+# -- running -----------------------------------------------------------------------
+
+
+def _describe(sample: dict[str, Any]) -> dict[str, Any]:
+    """The prompt, the right answer and the model's answer, as short text."""
+    args = sample.get("arguments") or []
+    first = args[0] if args else ()
+    prompt = str(first[0]) if isinstance(first, (list, tuple)) and first else str(first)
+    target = sample.get("target")
+    answer = None
+    resps = sample.get("filtered_resps")
+    if isinstance(target, int) and len(args) > 1 and isinstance(args[0], (list, tuple)) and len(args[0]) > 1:
+        # multiple choice: continuations are the second element of each request
+        choices = [str(a[1]) for a in args]
+        if 0 <= target < len(choices):
+            target = choices[target]
+        if isinstance(resps, list) and resps and isinstance(resps[0], (list, tuple)):
+            lls = [float(r[0]) for r in resps]
+            answer = choices[int(np.argmax(lls))]
+    elif isinstance(resps, list) and resps and isinstance(resps[0], str):
+        answer = resps[0]
+    return {
+        "prompt": prompt[-300:],
+        "target": str(target)[:200],
+        "answer": None if answer is None else str(answer)[:200],
+    }
+
+
+def _reduce(res: dict[str, Any], tasks: dict[str, Any]) -> dict[str, TaskRun]:
+    runs = {}
+    for name, task in tasks.items():
+        if name not in res.get("samples", {}):
+            continue
+        aggregation = {m: getattr(fn, "__name__", str(fn)) for m, fn in task.aggregation().items()}
+        hib = dict(res["higher_is_better"].get(name, {}))
+        samples = []
+        for s in res["samples"][name]:
+            metrics = {}
+            for m in hib:
+                if m in s:
+                    v = s[m]
+                    metrics[m] = [float(x) for x in v] if isinstance(v, (tuple, list)) else float(v)
+            samples.append(
+                {
+                    "doc_id": int(s["doc_id"]),
+                    "doc_hash": s["doc_hash"],
+                    "filter": s.get("filter", "none"),
+                    "metrics": metrics,
+                    **_describe(s),
+                }
+            )
+        results = {k: v for k, v in res["results"].get(name, {}).items() if isinstance(v, (int, float, str))}
+        runs[name] = TaskRun(name, samples, hib, aggregation, results, str(task.config.output_type))
+    return runs
+
+
+def run_lm_eval(
+    handle: "ModelHandle",
+    task_manager: Any,
+    tasks: dict[str, Any],
+    num_fewshot: int | None,
+    limit: int | float | None,
+    batch_size: int,
+    seed: int,
+    apply_chat_template: bool = False,
+) -> dict[str, TaskRun]:
+    """Evaluate ``handle`` on the given Task objects with lm-eval, samples logged."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    with handle.active(), _quiet_lm_eval():
+        lm = HFLM(
+            pretrained=handle.raw_model, tokenizer=handle.tokenizer, batch_size=batch_size, device=str(handle.device)
+        )
+        res = simple_evaluate(
+            model=lm,
+            tasks=list(tasks.values()),
+            task_manager=task_manager,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            log_samples=True,
+            bootstrap_iters=0,
+            apply_chat_template=apply_chat_template,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    if res is None:
+        raise RetentionError("lm-eval returned no results")
+    return _reduce(res, tasks)
+
+
+def evaluate(
+    handle: "ModelHandle",
+    names: Sequence[str],
+    include_path: Any = None,
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    seed: int = 1234,
+    apply_chat_template: bool = False,
+    cache: ResultCache | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, TaskRun]:
+    """Per-item results of ``handle`` on tasks; served from ``cache`` when the key matches."""
+    paths = include_paths(include_path)
+    tm, tasks = load_tasks(names, paths)
+    keys = {}
+    runs: dict[str, TaskRun] = {}
+    if cache is not None:
+        full = {
+            "num_fewshot": num_fewshot,
+            "limit": limit,
+            "apply_chat_template": apply_chat_template,
+            "seed": seed,
+            **(settings or {}),
+        }
+        for name, task in tasks.items():
+            keys[name] = base_cache_key(name, task, handle.fingerprint, full)
+            hit = cache.load(CACHE_NAMESPACE, keys[name])
+            if hit is not None:
+                try:
+                    runs[name] = TaskRun.from_json(hit)
+                except TypeError:
+                    cache.warn(f"forgetguard cache entry for {name} has an old layout; recomputing")
+    todo = {n: t for n, t in tasks.items() if n not in runs}
+    if todo:
+        fresh = run_lm_eval(handle, tm, todo, num_fewshot, limit, batch_size, seed, apply_chat_template)
+        for name, run in fresh.items():
+            runs[name] = run
+            if cache is not None:
+                cache.store(CACHE_NAMESPACE, keys[name], run.to_json(), meta={"task": name, "model": handle.label})
+    return {n: runs[n] for n in tasks if n in runs}
+
+
+# -- comparing -----------------------------------------------------------------------
+
+
+@dataclass
+class TaskDelta:
+    task: str
+    n: int
+    base_value: float
+    candidate_value: float
+
+
+@dataclass
+class FlippedItem:
+    task: str
+    doc_id: int
+    prompt: str
+    target: str
+    base_answer: str | None
+    candidate_answer: str | None
+
+
+@dataclass
+class RetentionResult:
+    """Paired comparison of base and candidate on the same items.
+
+    ``delta`` is candidate minus base in the metric's own units; ``drop`` is
+    signed so that positive means worse (it honours ``higher_is_better``),
+    with its confidence interval ``drop_ci``.
+    """
+
+    tasks: tuple[str, ...]
+    metric: str
+    filter: str
+    higher_is_better: bool
+    base_value: float
+    candidate_value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    p_value: float | None
+    lost: int | None
+    gained: int | None
+    per_task: list[TaskDelta]
+    flipped: list[FlippedItem] = field(default_factory=list)
+    allowance: float | None = None
+    gate: str = "observed"
+
+    @property
+    def delta(self) -> float:
+        return self.candidate_value - self.base_value
+
+    @property
+    def drop(self) -> float:
+        return -self.delta if self.higher_is_better else self.delta
+
+    @property
+    def drop_ci(self) -> tuple[float, float]:
+        if self.higher_is_better:
+            return -self.ci_high, -self.ci_low
+        return self.ci_low, self.ci_high
+
+    def summary(self) -> str:
+        p = "" if self.p_value is None else f", McNemar p = {self.p_value:.3g} ({self.lost} lost, {self.gained} gained)"
+        return (
+            f"{self.metric} base {self.base_value:.4g} -> candidate {self.candidate_value:.4g} "
+            f"(delta {self.delta:+.4g}, 95% CI {self.ci_low:+.4g}..{self.ci_high:+.4g}) on {self.n} paired items"
+            f" of {', '.join(self.tasks)}{p}"
+        )
+
+
+def allowance_for(base_value: float, max_drop: float | None, max_drop_relative: float | None) -> float:
+    """The allowed drop in metric units (the tighter of the two when both are given)."""
+    if max_drop is None and max_drop_relative is None:
+        raise ValueError("a retention check needs max_drop (absolute) and/or max_drop_relative")
+    options = []
+    if max_drop is not None:
+        options.append(float(max_drop))
+    if max_drop_relative is not None:
+        options.append(float(max_drop_relative) * abs(base_value))
+    return min(options)
+
+
+def gate_passes(result: RetentionResult, allowance: float, gate: str) -> bool:
+    """The documented gate policies.
+
+    observed:    pass unless the observed drop exceeds the allowance (default);
+    significant: fail only when the drop exceeds the allowance with 95% confidence
+                 (the CI's low end of the drop is above it): no failures on noise;
+    strict:      pass only when the data show the drop is within the allowance
+                 (the CI's high end of the drop is at most the allowance).
+    """
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+    lo, hi = result.drop_ci
+    numbers = (result.drop, lo, hi, result.base_value, result.candidate_value)
+    if not all(math.isfinite(x) for x in numbers):
+        return False
+    if gate == "observed":
+        return result.drop <= allowance
+    if gate == "significant":
+        return lo <= allowance
+    return hi <= allowance
+
+
+def compare(
+    base_runs: dict[str, TaskRun],
+    cand_runs: dict[str, TaskRun],
+    metric: str | None = None,
+    filter_: str | None = None,
+    seed: int = 0,
+    max_flipped: int = 5,
+    aggregation_fn: Callable[[str], Any] | None = None,
+) -> RetentionResult:
+    """Pair the two runs item by item and compute the delta, its CI and McNemar's p."""
+    tasks = tuple(base_runs)
+    if not tasks:
+        raise RetentionError("lm-eval produced no task results")
+    first = base_runs[tasks[0]]
+    metric = metric or first.metrics()[0]
+    for name in tasks:
+        if metric not in base_runs[name].higher_is_better:
+            raise RetentionError(
+                f"task {name!r} has no metric {metric!r}; it reports {', '.join(base_runs[name].metrics())}"
+            )
+    hib = {base_runs[n].higher_is_better[metric] for n in tasks}
+    aggs = {base_runs[n].aggregation.get(metric, "mean") for n in tasks}
+    if len(hib) > 1 or len(aggs) > 1:
+        raise RetentionError(
+            f"metric {metric!r} is not comparable across {', '.join(tasks)} (different direction or aggregation)"
+        )
+    aggregation = aggs.pop()
+    filter_ = filter_ or first.filters()[0]
+    base_items: list[Any] = []
+    cand_items: list[Any] = []
+    keys: list[tuple[str, int]] = []
+    per_task = []
+    for name in tasks:
+        if name not in cand_runs:
+            raise RetentionError(f"the candidate has no results for task {name!r}")
+        b, c = base_runs[name].values(metric, filter_), cand_runs[name].values(metric, filter_)
+        if not b:
+            raise RetentionError(
+                f"task {name!r} has no items with filter {filter_!r}; filters: {base_runs[name].filters()}"
+            )
+        if set(b) != set(c):
+            raise RetentionError(
+                f"task {name!r}: base and candidate were scored on different items "
+                f"({len(set(b) ^ set(c))} unpaired); the task or its data changed between the runs"
+            )
+        ordered = sorted(b)
+        base_items += [b[k] for k in ordered]
+        cand_items += [c[k] for k in ordered]
+        keys += [(name, k[0]) for k in ordered]
+        fn = aggregation_fn(aggregation) if aggregation_fn else None
+        per_task.append(
+            TaskDelta(
+                name,
+                len(ordered),
+                ItemValues([b[k] for k in ordered], aggregation, fn).value(),
+                ItemValues([c[k] for k in ordered], aggregation, fn).value(),
+            )
+        )
+    fn = aggregation_fn(aggregation) if aggregation_fn else None
+    bv, cv = ItemValues(base_items, aggregation, fn), ItemValues(cand_items, aggregation, fn)
+    base_value, cand_value = bv.value(), cv.value()
+    if not (math.isfinite(base_value) and math.isfinite(cand_value)):
+        raise NonFiniteError(f"{metric} is not finite (base {base_value}, candidate {cand_value})")
+    lo, hi = paired_bootstrap(bv, cv, seed=seed)
+    p_value = lost = gained = None
+    flipped: list[FlippedItem] = []
+    if bv.binary and cv.binary:
+        lost, gained, p_value = mcnemar_exact(bv.a, cv.a)
+        good = 1.0 if hib.pop() else 0.0
+        for (name, doc_id), x, y in zip(keys, bv.a, cv.a):
+            if x == good and y != good and len(flipped) < max_flipped:
+                sb = base_runs[name].sample(doc_id, filter_)
+                sc = cand_runs[name].sample(doc_id, filter_)
+                flipped.append(
+                    FlippedItem(name, doc_id, sb["prompt"], sb["target"], sb.get("answer"), sc.get("answer"))
+                )
+    return RetentionResult(
+        tasks=tasks,
+        metric=metric,
+        filter=filter_,
+        higher_is_better=base_runs[tasks[0]].higher_is_better[metric],
+        base_value=base_value,
+        candidate_value=cand_value,
+        ci_low=lo,
+        ci_high=hi,
+        n=len(base_items),
+        p_value=p_value,
+        lost=lost,
+        gained=gained,
+        per_task=per_task,
+        flipped=flipped,
+    )
+
+
+def lm_eval_aggregation(name: str) -> Any:
+    """lm-eval's own aggregation function registered under ``name``."""
+    from lm_eval.api.registry import get_aggregation
+
+    return get_aggregation(name)

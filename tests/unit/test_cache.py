@@ -1,0 +1,39 @@
+"""The result cache: hits, misses, corrupt entries, atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+from pytest_forgetguard.cache import CACHE_SCHEMA, ResultCache, cache_key
+
+
+def test_round_trip_and_key_sensitivity(tmp_path):
+    cache = ResultCache(tmp_path)
+    key = cache_key(model="a", task={"x": 1})
+    assert cache.load("ns", key) is None and cache.misses == 1
+    cache.store("ns", key, {"v": [1, 2]})
+    assert ResultCache(tmp_path).load("ns", key) == {"v": [1, 2]}
+    assert cache_key(model="a", task={"x": 1}) == key
+    assert cache_key(model="b", task={"x": 1}) != key
+    assert cache_key(model="a", task={"x": 2}) != key
+    assert not list(tmp_path.rglob("*.json.*")), "no temporary files left behind"
+
+
+def test_corrupt_or_foreign_entries_are_recomputed_with_a_warning(tmp_path):
+    warnings: list[str] = []
+    cache = ResultCache(tmp_path, warn=warnings.append)
+    key = cache_key(k=1)
+    cache.store("ns", key, {"v": 1})
+    path = next(tmp_path.rglob(f"{key}.json"))
+    path.write_text("{truncated")
+    assert ResultCache(tmp_path, warn=warnings.append).load("ns", key) is None
+    path.write_text(json.dumps({"schema": CACHE_SCHEMA + 1, "key": key, "payload": {}}))
+    assert ResultCache(tmp_path, warn=warnings.append).load("ns", key) is None
+    assert len(warnings) == 2 and "unusable" in warnings[0]
+
+
+def test_disabled_cache_keeps_only_this_process(tmp_path):
+    cache = ResultCache(None)
+    cache.store("ns", "k", 1)
+    assert cache.load("ns", "k") == 1
+    assert ResultCache(None).load("ns", "k") is None
