@@ -311,11 +311,15 @@ class Forgetguard:
             apply_chat_template=apply_chat_template,
         )
         settings = {"dtype": self.base.store.dtype, "device": self.base.store.device.split(":")[0]}
+        misses = self.cache.misses if self.cache is not None else 0
         base_runs = evaluate(self.base, names, cache=self.cache, settings=settings, **options)
+        base_cached = self.cache is not None and self.cache.misses == misses
         cand_runs = evaluate(self.candidate, names, **options)
-        return compare(
+        result = compare(
             base_runs, cand_runs, metric=metric, filter_=filter, seed=self.seed, aggregation_fn=lm_eval_aggregation
         )
+        result.base_cached = base_cached
+        return result
 
     def assert_retained(
         self,
@@ -375,6 +379,7 @@ class Forgetguard:
             "drop_ci": [lo, hi],
             "higher_is_better": result.higher_is_better,
             "p_value": result.p_value,
+            "base_cached": result.base_cached,
             "lost": result.lost,
             "gained": result.gained,
             "per_task": [vars(t) for t in result.per_task],

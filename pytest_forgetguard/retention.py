@@ -423,6 +423,7 @@ class RetentionResult:
     flipped: list[FlippedItem] = field(default_factory=list)
     allowance: float | None = None
     gate: str = "observed"
+    base_cached: bool = False  # every base result came from the cache: only the candidate ran
 
     @property
     def delta(self) -> float:

@@ -230,7 +230,9 @@ def test_kl_pair_fast_path_equals_the_definition():
     lp, lq = lb.log_softmax(-1), lc.log_softmax(-1)
     fwd, rev = kl_pair(lp, lq)
     p, q = lp.exp().numpy(), lq.exp().numpy()
-    ref_f = np.array([sum(pi * (np.log(pi) - np.log(qi)) if qi > 0 else np.inf for pi, qi in zip(pr, qr)) for pr, qr in zip(p, q)])
+    ref_f = np.array(
+        [sum(pi * (np.log(pi) - np.log(qi)) if qi > 0 else np.inf for pi, qi in zip(pr, qr)) for pr, qr in zip(p, q)]
+    )
     ref_r = np.array([sum(qi * (np.log(qi) - np.log(pi)) for pi, qi in zip(pr, qr) if qi > 0) for pr, qr in zip(p, q)])
     np.testing.assert_allclose(fwd.numpy(), ref_f, rtol=1e-10)
     np.testing.assert_allclose(rev.numpy(), ref_r, rtol=1e-10)

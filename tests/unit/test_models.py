@@ -136,5 +136,7 @@ def test_adapter_whose_base_cannot_be_found(tiny, tmp_path, store):
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
     base = store.get(str(tiny["candidate"]), role="base")  # a different model than the adapter's base
     cand = store.get(str(adapter), base=base)
-    with pytest.raises(ModelLoadError, match="was trained on './gone/base-model', which is not the run's base and cannot be loaded"):
+    with pytest.raises(
+        ModelLoadError, match="was trained on './gone/base-model', which is not the run's base and cannot be loaded"
+    ):
         cand.load()

@@ -7,89 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lmeval_tasks import MC_YAML, write_tasks
 
 from pytest_forgetguard.cache import ResultCache
 from pytest_forgetguard.comparison import Forgetguard
 from pytest_forgetguard.models import ModelStore
 from pytest_forgetguard.retention import RetentionError, RetentionResult, gate_passes
-
-WORDS = ["for", "while", "class", "import", "return", "yield", "lambda", "assert", "global", "with", "try", "raise"]
-
-MC_YAML = """task: tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: mc.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{q}}"
-doc_to_choice: "{{choices}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
-
-PPL_YAML = """task: tiny_ppl
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: ppl.jsonl
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{text}}"
-metric_list:
-  - metric: word_perplexity
-    aggregation: weighted_perplexity
-    higher_is_better: false
-metadata:
-  version: 1.0
-"""
-
-GEN_YAML = """task: tiny_gen
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: gen.jsonl
-test_split: test
-output_type: generate_until
-doc_to_text: "{{q}}"
-doc_to_target: "{{a}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 4
-  do_sample: false
-filter_list:
-  - name: strip
-    filter:
-      - function: regex
-        regex_pattern: "(\\\\S+)"
-      - function: take_first
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
-
-
-def write_tasks(d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "mc.yaml").write_text(MC_YAML)
-    (d / "ppl.yaml").write_text(PPL_YAML)
-    (d / "gen.yaml").write_text(GEN_YAML)
-    rows = [{"q": f"The {w} statement is", "choices": [" used", " a", " the", " not"], "label": i % 4} for i, w in enumerate(WORDS)]
-    (d / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    texts = [{"text": f"The {w} statement is described in the language reference."} for w in WORDS[:6]]
-    (d / "ppl.jsonl").write_text("\n".join(json.dumps(t) for t in texts) + "\n")
-    gen = [{"q": f"The {w} statement", "a": "is"} for w in WORDS[:4]]
-    (d / "gen.jsonl").write_text("\n".join(json.dumps(g) for g in gen) + "\n")
-    return d
 
 
 @pytest.fixture
@@ -170,7 +93,9 @@ def test_base_cache_hits_and_misses(tiny, tasks_dir, tmp_path):
             kwargs["num_fewshot"] = 1
         elif change == "data":
             with open(tasks_dir / "mc.jsonl", "a") as fh:
-                fh.write(json.dumps({"q": "The pass statement is", "choices": [" a", " b", " c", " d"], "label": 0}) + "\n")
+                fh.write(
+                    json.dumps({"q": "The pass statement is", "choices": [" a", " b", " c", " d"], "label": 0}) + "\n"
+                )
         elif change == "config":
             (tasks_dir / "mc.yaml").write_text(MC_YAML.replace('"{{q}}"', '"Q: {{q}}"'))
         else:
@@ -213,7 +138,12 @@ def test_assert_retained_decides_and_records(tiny, tasks_dir):
     else:
         fg.assert_retained("tiny_mc", max_drop=0.0, include_path=tasks_dir, name="mc")
     rec = records[-1]
-    assert (rec.kind, rec.metric, rec.base_value, rec.candidate_value) == ("retention", "acc", result.base_value, result.candidate_value)
+    assert (rec.kind, rec.metric, rec.base_value, rec.candidate_value) == (
+        "retention",
+        "acc",
+        result.base_value,
+        result.candidate_value,
+    )
     assert rec.passed == (result.drop <= 0)
     with pytest.raises(ValueError, match="needs max_drop"):
         fg.assert_retained("tiny_mc", include_path=tasks_dir)
@@ -224,20 +154,33 @@ def test_assert_retained_decides_and_records(tiny, tasks_dir):
 def result_with(drop_lo: float, drop: float, drop_hi: float) -> RetentionResult:
     # higher is better: drop = base - candidate; CI of delta = -CI of drop.
     return RetentionResult(
-        tasks=("t",), metric="acc", filter="none", higher_is_better=True, base_value=0.8,
-        candidate_value=0.8 - drop, ci_low=-drop_hi, ci_high=-drop_lo, n=100, p_value=None,
-        lost=None, gained=None, per_task=[],
+        tasks=("t",),
+        metric="acc",
+        filter="none",
+        higher_is_better=True,
+        base_value=0.8,
+        candidate_value=0.8 - drop,
+        ci_low=-drop_hi,
+        ci_high=-drop_lo,
+        n=100,
+        p_value=None,
+        lost=None,
+        gained=None,
+        per_task=[],
     )
 
 
-@pytest.mark.parametrize("gate, drop_lo, drop, drop_hi, passes", [
-    ("observed", -0.01, 0.03, 0.07, False),   # observed drop 0.03 > 0.02
-    ("observed", -0.05, 0.01, 0.07, True),
-    ("significant", -0.01, 0.03, 0.07, True),  # could be noise: CI reaches below the allowance
-    ("significant", 0.025, 0.05, 0.08, False),  # confidently worse than allowed
-    ("strict", -0.05, 0.01, 0.07, False),       # not shown to be within the allowance
-    ("strict", -0.03, 0.0, 0.015, True),
-])
+@pytest.mark.parametrize(
+    "gate, drop_lo, drop, drop_hi, passes",
+    [
+        ("observed", -0.01, 0.03, 0.07, False),  # observed drop 0.03 > 0.02
+        ("observed", -0.05, 0.01, 0.07, True),
+        ("significant", -0.01, 0.03, 0.07, True),  # could be noise: CI reaches below the allowance
+        ("significant", 0.025, 0.05, 0.08, False),  # confidently worse than allowed
+        ("strict", -0.05, 0.01, 0.07, False),  # not shown to be within the allowance
+        ("strict", -0.03, 0.0, 0.015, True),
+    ],
+)
 def test_gate_policies(gate, drop_lo, drop, drop_hi, passes):
     assert gate_passes(result_with(drop_lo, drop, drop_hi), 0.02, gate) is passes
 
