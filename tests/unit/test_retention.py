@@ -189,3 +189,19 @@ def test_non_finite_never_passes():
     r = result_with(0.0, 0.0, 0.0)
     r.candidate_value = float("nan")
     assert not gate_passes(r, 1.0, "observed")
+
+
+def test_underpowered_check_warns_with_the_items_needed(tiny, tasks_dir):
+    warnings: list[str] = []
+    fg = make_fg(tiny)
+    fg._warn = warnings.append
+    result = fg.retention("tiny_ppl", include_path=tasks_dir)
+    assert result.ci_high > result.ci_low, "a continuous metric of distinct models has a spread"
+    allowance = (result.ci_high - result.ci_low) / 4
+    try:
+        fg.assert_retained("tiny_ppl", max_drop=allowance, gate="significant", include_path=tasks_dir)
+    except AssertionError:
+        pass
+    assert len(warnings) == 1 and "underpowered" in warnings[0]
+    needed = int(warnings[0].split("about ")[1].split(" items")[0])
+    assert needed == pytest.approx(6 * 16, rel=0.05), "width/allowance = 4 -> 16x the 6 items"
