@@ -385,10 +385,11 @@ class Forgetguard:
             "per_task": [vars(t) for t in result.per_task],
         }
         width = hi - lo
+        underpowered = None
         if width > allowance:
             needed = math.ceil(result.n * (width / allowance) ** 2) if allowance > 0 else None
             rec.details["underpowered"] = True
-            self._warn(
+            underpowered = (
                 f"retention check {rec.name!r} is underpowered: its 95% CI of the drop is {width:.3g} wide, "
                 f"wider than the allowance {allowance:.3g}"
                 + (f"; about {needed} items would be needed (it has {result.n})" if needed else "")
@@ -413,11 +414,15 @@ class Forgetguard:
                     if flips
                     else ""
                 )
+                + (f"\n  note: {underpowered}" if underpowered else "")
             )
             rec.details["message"] = message
         self._finish(rec, passed=passed)
         if message is not None:
             raise CapabilityForgotten(message, result)
+        if underpowered:
+            # After recording: a warnings-as-errors setting must not lose the check's record.
+            self._warn(underpowered)
         return result
 
     def _finish(self, rec: CheckRecord, passed: bool = False, error: str | None = None) -> None:

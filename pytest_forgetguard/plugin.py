@@ -109,7 +109,9 @@ def pytest_configure(config: pytest.Config) -> None:
     def warn(message: str) -> None:
         import warnings
 
-        warnings.warn(message, pytest.PytestWarning, stacklevel=2)
+        from .errors import ForgetguardWarning
+
+        warnings.warn(message, ForgetguardWarning, stacklevel=2)
 
     def load_model(spec: str, device: str, dtype: str) -> Any:
         return config.hook.pytest_forgetguard_load_model(spec=spec, device=device, dtype=dtype)

@@ -2,8 +2,9 @@
 # The main job: a real gate on a real model. Sets up .venv, converts SmolLM2-135M-Instruct from its
 # GGUF file (cached), builds three candidates from it (scripts/make_candidates.py: a LoRA adapter
 # fine-tuned on arithmetic, a lightly perturbed copy and a damaged copy), then runs the example
-# suite on all three and prints the verdicts. Exits 0 when the gate behaves as expected:
-# the near-identical candidate passes and the damaged one fails.
+# suites (new-task KL, weight drift, retention on the shipped probes) on all three and prints the
+# verdicts. Exits 0 when the gate behaves as expected: the near-identical candidate passes every
+# check and the damaged one fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -29,14 +30,16 @@ set -e
 $PY - "$OUT/report.json" <<'PYEOF'
 import json, sys
 checks = json.load(open(sys.argv[1]))["checks"]
-verdict = {}
+verdict, failed = {}, {}
 for c in checks:
     name = c["candidate"].rstrip("/").rsplit("/", 1)[-1]
     verdict.setdefault(name, True)
     verdict[name] &= c["passed"]
+    if not c["passed"]:
+        failed.setdefault(name, []).append(c["name"])
 print("\ndemo verdicts:")
 for name, ok in verdict.items():
-    print(f"  {name:12s} {'PASS' if ok else 'FAIL'}")
+    print(f"  {name:12s} {'PASS' if ok else 'FAIL: ' + ', '.join(failed[name])}")
 expected = verdict.get("nudged") is True and verdict.get("drifted") is False
 print("demo: the gate passed the near-identical candidate and failed the damaged one" if expected
       else "demo: UNEXPECTED verdicts")

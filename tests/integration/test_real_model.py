@@ -7,7 +7,6 @@ Candidates: ``nudged`` (Gaussian noise of 0.002 x each weight's std: near-identi
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,47 +22,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 ARITH = REPO / "example_suites" / "data" / "arith_prompts.jsonl"
-
-
-def noisy_copy(src: Path, out: Path, scale: float, seed: int) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.add_(torch.randn(p.shape, generator=gen) * scale * p.std())
-    model.save_pretrained(out, safe_serialization=True)
-    for f in src.glob("*"):
-        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
-            shutil.copy(f, out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def real(smollm2_dir, smollm2_gguf, tmp_path_factory):
-    root = tmp_path_factory.mktemp("real")
-    paths = {
-        "gguf": smollm2_gguf,
-        "base": smollm2_dir,
-        "nudged": noisy_copy(smollm2_dir, root / "nudged", 0.002, seed=1),
-        "drifted": noisy_copy(smollm2_dir, root / "drifted", 0.02, seed=2),
-    }
-    import torch
-    from conftest import build_lora
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
-    with torch.no_grad():
-        model.model.layers[7].self_attn.o_proj.weight[3, 5] = float("nan")
-    model.save_pretrained(root / "nan", safe_serialization=True)
-    for f in smollm2_dir.glob("tokenizer*"):
-        shutil.copy(f, root / "nan")
-    paths["nan"] = root / "nan"
-    paths["lora"] = build_lora(smollm2_dir, root / "lora", scale=0.02)
-    return paths
 
 
 def test_gguf_spec_converts_once_and_matches_the_cached_copy(real, tmp_path):

@@ -1,0 +1,111 @@
+"""Builders of real (tiny or derived) transformers models for the tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(out: Path, vocab_size: int = 384) -> Path:
+    import pydoc_data.topics
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(list(pydoc_data.topics.topics.values()), trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|im_end|>", bos_token="<|im_start|>"
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(out)
+    return out
+
+
+def build_tiny_model(
+    tokenizer_dir: Path, out: Path, seed: int = 0, noise: float = 0.0, base: Path | None = None, vocab_extra: int = 0
+) -> Path:
+    """A 2-layer Llama with the given tokenizer; ``noise`` perturbs ``base``'s weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if base is not None:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * noise * p.std())
+    else:
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=len(tok) + vocab_extra,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            initializer_range=0.3,  # peaked distributions, so KL is not trivially ~0
+            tie_word_embeddings=False,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_lora(base_dir: Path, out: Path, seed: int = 0, scale: float = 0.3) -> Path:
+    """A PEFT LoRA adapter with random (non-zero) A and B, so it changes outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    peft_model.save_pretrained(out)
+    cfg = out / "adapter_config.json"
+    data = json.loads(cfg.read_text())
+    data["base_model_name_or_path"] = str(base_dir)
+    cfg.write_text(json.dumps(data))
+    return out
+
+
+def noisy_copy(src: Path, out: Path, scale: float, seed: int) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=gen) * scale * p.std())
+    model.save_pretrained(out, safe_serialization=True)
+    for f in src.glob("*"):
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, out)
+    return out
