@@ -21,7 +21,7 @@ print(materialize_gguf(pathlib.Path(sys.argv[1]), cache))" "$GGUF" 2>/dev/null |
 echo "demo: base SmolLM2-135M-Instruct: $GGUF (safetensors copy: $BASE_DIR)"
 $PY scripts/make_candidates.py --base "$BASE_DIR" --out "$OUT/candidates"
 set +e
-(cd example_suites && ../$PY -m pytest --forgetguard --fg-base "$GGUF" \
+(cd example_suites && ../$PY -m pytest -c pytest.ini --forgetguard --fg-base "$GGUF" \
     --fg-candidate "../$OUT/candidates/nudged" \
     --fg-candidate "../$OUT/candidates/drifted" \
     --fg-candidate "../$OUT/candidates/lora-arith" \
