@@ -328,7 +328,7 @@ _MC_YAML = """task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {task}.jsonl   # relative to this YAML; pytest-forgetguard makes it absolute before loading
+    test: {task}.jsonl   # pytest-forgetguard resolves it against this YAML's directory
 test_split: test
 output_type: multiple_choice
 doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
@@ -349,7 +349,7 @@ _PPL_YAML = """task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {task}.jsonl   # relative to this YAML; pytest-forgetguard makes it absolute before loading
+    test: {task}.jsonl   # pytest-forgetguard resolves it against this YAML's directory
 test_split: test
 output_type: loglikelihood_rolling
 doc_to_text: ""
