@@ -139,6 +139,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("candidate_model", specs, indirect=True, scope="session", ids=ids)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Attach the numbers of every check the test ran to it (JUnit XML shows them as properties)."""
+    session = item.config.stash[SESSION_KEY]
+    first = len(session.records)
+    try:
+        return (yield)
+    finally:
+        for rec in session.records[first:]:
+            rec.nodeid = item.nodeid
+            for key in ("value", "budget", "ci_low", "ci_high", "n", "base_value", "delta", "p_value"):
+                value = getattr(rec, key)
+                if value is not None:
+                    item.user_properties.append((f"forgetguard.{rec.name}.{key}", value))
+            item.user_properties.append((f"forgetguard.{rec.name}.verdict", rec.verdict))
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None or not session.records:

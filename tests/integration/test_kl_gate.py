@@ -154,3 +154,18 @@ def test_several_candidates_parametrize(project, tiny):
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_kl?*twin?*PASSED*", "*test_kl?*candidate?*FAILED*"])
+
+
+def test_numbers_in_junit_xml(project, tiny):
+    import xml.etree.ElementTree as ET
+
+    project.makepyfile("""
+        def test_kl(forgetguard):
+            forgetguard.assert_kl_budget("prompts.jsonl", budget=100.0, sample_from="dataset", name="task-kl")
+    """)
+    result = run(project, tiny, "candidate", "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=1)
+    props = {p.get("name"): p.get("value") for p in ET.parse(project.path / "junit.xml").iter("property")}
+    assert props["forgetguard.task-kl.verdict"] == "PASS"
+    assert float(props["forgetguard.task-kl.budget"]) == 100.0 and float(props["forgetguard.task-kl.value"]) > 0
+    assert props["forgetguard.task-kl.n"] == "4"
