@@ -15,8 +15,9 @@ Example (in a test)::
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import CapabilityForgotten, DriftExceeded, ForgetguardWarning, KLBudgetExceeded, PromptFileError
@@ -175,11 +176,8 @@ class Forgetguard:
             metric=METRICS.get(direction, str(direction)),
             budget=budget,
         )
-        try:
+        with self._errors_recorded(rec):
             result = self.kl(prompts, **kl_options)
-        except Exception as exc:
-            self._finish(rec, error=f"{type(exc).__name__}: {exc}")
-            raise
         result.budget = budget
         rec.value, rec.ci_low, rec.ci_high, rec.n = result.value, result.ci_low, result.ci_high, result.n_prompts
         rec.details = {
@@ -245,11 +243,8 @@ class Forgetguard:
             metric=metric,
             budget=limits[metric],
         )
-        try:
+        with self._errors_recorded(rec):
             result = self.drift(tolerance)
-        except Exception as exc:
-            self._finish(rec, error=f"{type(exc).__name__}: {exc}")
-            raise
         values = {"relative_l2": result.relative_l2, "changed_fraction": result.changed_fraction}
         rec.value, rec.n = values[metric], result.n_params
         rec.details = {**values, "tolerance": tolerance, "n_tensors": result.n_tensors}
@@ -354,11 +349,8 @@ class Forgetguard:
             candidate=self.candidate.label,
             metric=str(retention_options.get("metric") or "-"),
         )
-        try:
+        with self._errors_recorded(rec):
             result = self.retention(task, **retention_options)
-        except Exception as exc:
-            self._finish(rec, error=f"{type(exc).__name__}: {exc}")
-            raise
         allowance = allowance_for(result.base_value, max_drop, max_drop_relative)
         result.allowance, result.gate = allowance, gate
         passed = gate_passes(result, allowance, gate)
@@ -425,7 +417,16 @@ class Forgetguard:
             self._warn(underpowered)
         return result
 
+    @contextlib.contextmanager
+    def _errors_recorded(self, rec: CheckRecord) -> Iterator[None]:
+        """A check that cannot measure is recorded as an error, then the exception goes on."""
+        __tracebackhide__ = True
+        try:
+            yield
+        except Exception as exc:
+            self._finish(rec, error=f"{type(exc).__name__}: {exc}")
+            raise
+
     def _finish(self, rec: CheckRecord, passed: bool = False, error: str | None = None) -> None:
-        rec.passed, rec.error = passed, error
-        rec.__post_init__()
+        rec.settle(passed, error)
         self._record(rec)

@@ -41,10 +41,13 @@ class CheckRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # A check that errored, or whose number is not finite, never passes.
+        self.settle(self.passed, self.error)
+
+    def settle(self, passed: bool, error: str | None = None) -> None:
+        """Set the outcome: a check that errored, or whose number is not finite, never passes."""
         finite = self.value is not None and isinstance(self.value, (int, float)) and math.isfinite(self.value)
-        if self.error is not None or not finite:
-            self.passed = False
+        self.error = error
+        self.passed = bool(passed) and error is None and finite
 
     @property
     def verdict(self) -> str:
