@@ -115,6 +115,8 @@ class Forgetguard:
         _check_number("temperature", temperature, minimum=1e-6)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
         records = as_records(prompts)
         if limit is not None:
             records = records[:limit]
@@ -294,6 +296,12 @@ class Forgetguard:
         from .retention import compare, evaluate, lm_eval_aggregation
 
         names = [task] if isinstance(task, str) else list(task)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+            raise ValueError(f"limit must be a positive number of items (or a fraction in (0, 1]), got {limit!r}")
+        if num_fewshot is not None and (
+            isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0
+        ):
+            raise ValueError(f"num_fewshot must be an integer >= 0, got {num_fewshot!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self._vocab(False)

@@ -137,22 +137,22 @@ def include_paths(include_path: str | Path | Sequence[str | Path] | None) -> lis
 _MANAGERS: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 
+def _manager(paths: list[Path], include_defaults: bool) -> Any:
+    """A TaskManager per set of paths, kept: indexing is the slow part (task files are re-read on load)."""
+    from lm_eval.tasks import TaskManager
+
+    key = (tuple(str(p) for p in paths), include_defaults)
+    if key not in _MANAGERS:
+        with _quiet_lm_eval():
+            _MANAGERS[key] = TaskManager(include_path=list(key[0]), include_defaults=include_defaults)
+    return _MANAGERS[key]
+
+
 def _task_manager(paths: list[Path], names: Sequence[str]) -> Any:
     """An lm-eval TaskManager over our paths; lm-eval's ~15k built-in tasks only if needed."""
-    from lm_eval.tasks import TaskManager as _TM
-
-    def TaskManager(include_path: list[str], include_defaults: bool) -> Any:
-        key = (tuple(include_path), include_defaults)
-        if key not in _MANAGERS:  # indexing is the slow part; task files are re-read on load
-            _MANAGERS[key] = _TM(include_path=include_path, include_defaults=include_defaults)
-        return _MANAGERS[key]
-
-    with _quiet_lm_eval():
-        tm = TaskManager(include_path=[str(p) for p in paths], include_defaults=False)
-        missing = [n for n in names if n not in tm.task_index]
-        if missing:
-            # Not ours: try lm-eval's built-in tasks (indexing them costs seconds).
-            tm = TaskManager(include_path=[str(p) for p in paths], include_defaults=True)
+    tm = _manager(paths, include_defaults=False)
+    if any(n not in tm.task_index for n in names):
+        tm = _manager(paths, include_defaults=True)  # not ours: try lm-eval's own tasks
     missing = [n for n in names if n not in tm.task_index]
     if missing:
         local = sorted(
@@ -182,7 +182,10 @@ def load_tasks(names: Sequence[str], paths: list[Path]) -> tuple[Any, dict[str, 
             with _chdir(where), _quiet_lm_eval():
                 loaded = tm.load([name])
         except Exception as exc:
-            raise RetentionError(f"lm-eval could not load task {name!r} ({entry.yaml_path}): {exc}") from exc
+            raise RetentionError(
+                f"lm-eval could not load task {name!r} ({entry.yaml_path}): {type(exc).__name__}: {exc} "
+                "(is its data file missing or empty?)"
+            ) from exc
         for task_name, task in loaded["tasks"].items():
             task._fg_dir = where  # where its relative data files live (for the cache key)
             tasks[task_name] = task
@@ -272,8 +275,9 @@ def _describe(sample: dict[str, Any]) -> dict[str, Any]:
 def _reduce(res: dict[str, Any], tasks: dict[str, Any]) -> dict[str, TaskRun]:
     runs = {}
     for name, task in tasks.items():
-        if name not in res.get("samples", {}):
-            continue
+        if not res.get("samples", {}).get(name):
+            # Never pool around a task that produced nothing: that would be a silent skip.
+            raise RetentionError(f"lm-eval produced no scored items for task {name!r}; is its data empty?")
         aggregation = {m: getattr(fn, "__name__", str(fn)) for m, fn in task.aggregation().items()}
         hib = dict(res["higher_is_better"].get(name, {}))
         samples = []
@@ -374,7 +378,7 @@ def evaluate(
             runs[name] = run
             if cache is not None:
                 cache.store(CACHE_NAMESPACE, keys[name], run.to_json(), meta={"task": name, "model": handle.label})
-    return {n: runs[n] for n in tasks if n in runs}
+    return {n: runs[n] for n in tasks}
 
 
 # -- comparing -----------------------------------------------------------------------
@@ -509,6 +513,7 @@ def compare(
             f"metric {metric!r} is not comparable across {', '.join(tasks)} (different direction or aggregation)"
         )
     aggregation = aggs.pop()
+    fn = aggregation_fn(aggregation) if aggregation_fn else None
     filter_ = filter_ or first.filters()[0]
     base_items: list[Any] = []
     cand_items: list[Any] = []
@@ -531,7 +536,6 @@ def compare(
         base_items += [b[k] for k in ordered]
         cand_items += [c[k] for k in ordered]
         keys += [(name, k[0]) for k in ordered]
-        fn = aggregation_fn(aggregation) if aggregation_fn else None
         per_task.append(
             TaskDelta(
                 name,
@@ -540,7 +544,6 @@ def compare(
                 ItemValues([c[k] for k in ordered], aggregation, fn).value(),
             )
         )
-    fn = aggregation_fn(aggregation) if aggregation_fn else None
     bv, cv = ItemValues(base_items, aggregation, fn), ItemValues(cand_items, aggregation, fn)
     base_value, cand_value = bv.value(), cv.value()
     if not (math.isfinite(base_value) and math.isfinite(cand_value)):

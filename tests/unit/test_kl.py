@@ -237,3 +237,10 @@ def test_kl_pair_fast_path_equals_the_definition():
     np.testing.assert_allclose(fwd.numpy(), ref_f, rtol=1e-10)
     np.testing.assert_allclose(rev.numpy(), ref_r, rtol=1e-10)
     assert fwd[2].item() == float("inf") and np.isfinite(rev[2].item())
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True])
+def test_bad_limit(tiny, store, limit):
+    fg = fg_for(store, tiny["base"], tiny["candidate"])
+    with pytest.raises(ValueError, match="limit must be a positive integer"):
+        fg.kl(TEXTS, limit=limit)

@@ -205,3 +205,15 @@ def test_underpowered_check_warns_with_the_items_needed(tiny, tasks_dir):
     assert len(warnings) == 1 and "underpowered" in warnings[0]
     needed = int(warnings[0].split("about ")[1].split(" items")[0])
     assert needed == pytest.approx(6 * 16, rel=0.05), "width/allowance = 4 -> 16x the 6 items"
+
+
+def test_empty_task_data_and_bad_limits_fail_clearly(tiny, tasks_dir):
+    fg = make_fg(tiny)
+    (tasks_dir / "ppl.jsonl").write_text("")
+    with pytest.raises(RetentionError, match=r"could not load task 'tiny_ppl'.*missing or empty"):
+        fg.retention("tiny_ppl", include_path=tasks_dir)
+    for bad in (0, -3, float("nan")):
+        with pytest.raises(ValueError, match="limit must be a positive number"):
+            fg.retention("tiny_mc", include_path=tasks_dir, limit=bad)
+    with pytest.raises(ValueError, match="num_fewshot must be an integer >= 0"):
+        fg.retention("tiny_mc", include_path=tasks_dir, num_fewshot=-1)
