@@ -216,6 +216,7 @@ class ModelHandle:
         self._peft: Any = None  # PeftModel wrapping this handle's model (base that shares)
         self._adapter_name: str | None = None  # set on PEFT candidates
         self._shared_base: ModelHandle | None = None
+        self._run_base: ModelHandle | None = None  # the base this candidate is compared with
 
     def __repr__(self) -> str:
         state = "loaded" if self._model is not None else "not loaded"
@@ -317,20 +318,18 @@ class ModelStore:
         self.custom_loader = custom_loader
         self.warn = warn or (lambda msg: None)
         self.check_weights = check_weights
-        self._handles: dict[tuple[str, str], ModelHandle] = {}
-        self._run_base: ModelHandle | None = None
+        self._handles: dict[tuple[str, str, str], ModelHandle] = {}
         self._custom: set[int] = set()  # ids of handles a loader hook loaded
 
     def get(self, spec: str, role: str = "candidate", base: ModelHandle | None = None) -> ModelHandle:
         """A handle for ``spec`` (nothing is loaded yet). ``base`` is the run's base model."""
         parsed = parse_spec(spec)
-        key = (role, parsed.location + "@" + (parsed.revision or ""))
+        # A candidate is compared with one base: an adapter may share that base's weights.
+        against = base.spec.location if base is not None and role != "base" else ""
+        key = (role, parsed.location + "@" + (parsed.revision or ""), against)
         if key not in self._handles:
             self._handles[key] = ModelHandle(self, parsed, role)
-        if role == "base":
-            self._run_base = self._handles[key]
-        elif base is not None:
-            self._run_base = base
+            self._handles[key]._run_base = base if role != "base" else None
         return self._handles[key]
 
     # -- loading -----------------------------------------------------------------
@@ -376,7 +375,7 @@ class ModelStore:
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"unreadable PEFT adapter config {cfg_path}: {exc}") from exc
         base_ref = cfg.get("base_model_name_or_path")
-        run_base = self._run_base
+        run_base = handle._run_base
         if run_base is not None and run_base is not handle and self._same_model(base_ref, run_base, handle):
             handle._shared_base = run_base
             return run_base

@@ -119,7 +119,7 @@ class ForgetguardSession:
         if self._store is None:
             return None, []
         base, cands = None, []
-        for (role, _), handle in self.store._handles.items():
+        for (role, *_), handle in self.store._handles.items():
             try:
                 fp: str | None = handle.fingerprint
             except ForgetguardError:
