@@ -1,7 +1,14 @@
-"""pytest collection of suite files: one item per check."""
+"""pytest collection of suite files: one item per check (and candidate).
+
+A suite is validated whole before any item exists, so a malformed file is one
+collection error (``file:line: check 'name': key: problem``) and nothing loads.
+A check's ``marks`` become pytest marks (``-m`` selects them, ``--strict-markers``
+refuses unregistered ones) and ``skip`` a skip mark with its reason.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,19 +22,46 @@ class SuiteFile(pytest.File):
     """A ``forgetguard*.yaml`` file; invalid files fail collection with the reason."""
 
     def collect(self) -> Iterator[pytest.Item]:
+        display = self._display_path()
         try:
-            suite = load_suite(self.path)
+            suite = load_suite(self.path, display=display)
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from None
         from .plugin import SESSION_KEY
 
         session = self.config.stash[SESSION_KEY]
         candidates = session.candidate_specs(suite.candidates) or (None,)
+        # Marks of every check are resolved before the first item is made: one bad mark fails the file.
+        marks = {check.name: self._marks(suite, check, display) for check in suite.checks}
         for check in suite.checks:
             for spec in candidates:
                 # Several candidates: one item each, named so -k can pick a checkpoint.
                 name = check.name if len(candidates) == 1 else f"{check.name}[{candidate_id(spec)}]"
-                yield CheckItem.from_parent(self, name=name, check=check, suite=suite, candidate=spec)
+                item = CheckItem.from_parent(self, name=name, check=check, suite=suite, candidate=spec)
+                for mark in marks[check.name]:
+                    item.add_marker(mark)
+                if check.skip is not None:
+                    item.add_marker(pytest.mark.skip(reason=check.skip))
+                yield item
+
+    def _display_path(self) -> str:
+        """The file as messages name it: relative to where pytest was started, when it lies below."""
+        start = self.config.invocation_params.dir
+        return os.path.relpath(self.path, start) if self.path.is_relative_to(start) else str(self.path)
+
+    def _marks(self, suite: Suite, check: CheckSpec, display: str) -> list[pytest.MarkDecorator]:
+        out = []
+        for i, name in enumerate(check.marks):
+            try:
+                out.append(getattr(pytest.mark, name))
+            except pytest.fail.Exception as exc:
+                # --strict-markers refuses an unregistered mark; say where it is written.
+                line = suite.line("checks", check.index, "marks", i)
+                raise self.CollectError(
+                    f"{display}:{line}: check {check.name!r}: marks: {exc.msg}; register it under `markers` "
+                    "in your pytest configuration or fix its name"
+                ) from None
+        return out
 
 
 def candidate_id(spec: str | None) -> str:
@@ -53,7 +87,14 @@ class CheckItem(pytest.Item):
         if not session.settings.enabled:
             pytest.skip("forgetguard is off: run pytest with --forgetguard to enable it")
         try:
-            fg = session.forgetguard(self.candidate, name=self.check.name, suite_base=self.suite.base)
+            fg = session.forgetguard(
+                self.candidate,
+                name=self.check.name,
+                suite_base=self.suite.base,
+                suite_device=self.suite.device,
+                suite_dtype=self.suite.dtype,
+                suite_seed=self.suite.seed,
+            )
         except Exception as exc:
             session.record_error(self.check.name, self.check.kind, self.candidate or "-", exc)
             raise
@@ -66,4 +107,6 @@ class CheckItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int, str]:
-        return self.path, 0, f"forgetguard {self.check.kind} check: {self.check.name}"
+        # pytest's line numbers here are 0-based; CheckSpec.line is the 1-based line of the check.
+        line = (self.check.line or 1) - 1
+        return self.path, line, f"forgetguard {self.check.kind} check: {self.check.name}"

@@ -1,14 +1,15 @@
 """Run settings: parsed and validated once, then frozen.
 
 Each option may come from the command line, the environment or the ini file
-(precedence in that order; a suite file's ``models:`` come last). This module
-is pure: the plugin gathers raw values from pytest and hands them over.
+(precedence in that order; a suite file's ``models:``, ``device``, ``dtype``
+and ``seed`` come last). This module is pure: the plugin gathers raw values
+from pytest and hands them over.
 
 Example::
 
     >>> s = resolve({"base": "models/base"}, env={}, ini={})
-    >>> s.base, s.seed
-    ('models/base', 1234)
+    >>> s.base, s.seed, s.resolved_seed(), s.resolved_seed(suite_seed=7)
+    ('models/base', None, 1234, 7)
 """
 
 from __future__ import annotations
@@ -44,27 +45,52 @@ class Settings:
     enabled: bool = False
     base: str | None = None
     candidates: tuple[str, ...] = ()
-    device: str = "auto"
-    dtype: str = "auto"
+    # None = not given, so that a suite file's value (lowest precedence) can apply;
+    # read them through resolved_device(), resolved_dtype() and resolved_seed().
+    device: str | None = None
+    dtype: str | None = None
     report_json: Path | None = None
     report_md: Path | None = None
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: caching off
-    seed: int = DEFAULT_SEED
+    seed: int | None = None
     trust_remote_code: bool = False
 
-    def resolved_device(self) -> str:
-        """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
-        if self.device != "auto":
-            return self.device
+    def resolved_device(self, suite_device: str | None = None) -> str:
+        """The device to load on: the option, else the suite file's, else ``auto``.
+
+        ``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``::
+
+            Settings(device="cpu").resolved_device(suite_device="cuda")  # 'cpu': the option wins
+        """
+        device = self.device or suite_device or "auto"
+        if device != "auto":
+            return device
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def resolved_dtype(self, device: str) -> str:
-        """``auto`` is float32 on CPU (exact) and bfloat16 on CUDA."""
-        if self.dtype != "auto":
-            return self.dtype
+    def resolved_dtype(self, device: str, suite_dtype: str | None = None) -> str:
+        """The dtype: the option, else the suite file's; ``auto`` is float32 on CPU (exact), bfloat16 on CUDA.
+
+        Example::
+
+            Settings().resolved_dtype("cuda:0", suite_dtype="float16")  # 'float16'
+        """
+        dtype = self.dtype or suite_dtype or "auto"
+        if dtype != "auto":
+            return dtype
         return "bfloat16" if device.startswith("cuda") else "float32"
+
+    def resolved_seed(self, suite_seed: int | None = None) -> int:
+        """The sampling seed: the option, else the suite file's, else :data:`DEFAULT_SEED`.
+
+        Example::
+
+            Settings(seed=3).resolved_seed(suite_seed=7)  # 3: the option wins
+        """
+        if self.seed is not None:
+            return self.seed
+        return DEFAULT_SEED if suite_seed is None else suite_seed
 
 
 def _split_specs(value: str) -> list[str]:
@@ -107,15 +133,18 @@ def resolve(
     cand_ini = [str(ini_path(c)) for c in _as_list(ini.get("candidates"))]
     candidates = tuple(cand_cli or cand_env or cand_ini)
 
-    device = str(_first(cli.get("device"), ini.get("device")) or "auto").strip()
-    if not DEVICES_RE.match(device):
+    # Device, dtype and seed stay None when no option gives them: a suite file may then set them.
+    device_raw = _first(cli.get("device"), ini.get("device"))
+    device = None if device_raw is None else str(device_raw).strip()
+    if device is not None and not DEVICES_RE.match(device):
         raise SettingsError("--fg-device", f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-    dtype = str(_first(cli.get("dtype"), ini.get("dtype")) or "auto").strip()
-    if dtype not in DTYPES:
+    dtype_raw = _first(cli.get("dtype"), ini.get("dtype"))
+    dtype = None if dtype_raw is None else str(dtype_raw).strip()
+    if dtype is not None and dtype not in DTYPES:
         raise SettingsError("--fg-dtype", f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
 
     seed_raw = _first(cli.get("seed"), ini.get("seed"))
-    seed = DEFAULT_SEED
+    seed: int | None = None
     if seed_raw is not None:
         try:
             seed = int(str(seed_raw))

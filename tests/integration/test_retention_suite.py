@@ -87,7 +87,7 @@ def test_retention_failure_names_the_flipped_items(project, tiny):
 def test_malformed_retention_check(project):
     project.path.joinpath("forgetguard.yaml").write_text("checks:\n  - {name: r, retention: {task: tiny_mc}}\n")
     result = project.runpytest("--forgetguard")
-    result.stdout.fnmatch_lines(["*check 'r': retention: give max_drop (absolute) and/or max_drop_relative*"])
+    result.stdout.fnmatch_lines(["*forgetguard.yaml:2: check 'r': retention: give max_drop and/or max_drop_relative*"])
     project.path.joinpath("forgetguard.yaml").write_text(
         "checks:\n  - {name: r, retention: {task: tiny_mc, max_drop: 0.1, gate: maybe}}\n"
     )

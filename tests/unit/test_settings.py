@@ -12,7 +12,9 @@ from pytest_forgetguard.settings import DEFAULT_SEED, Settings, SettingsError, r
 def test_defaults():
     s = resolve({}, env={}, ini={})
     assert s == Settings(cache_dir=s.cache_dir)
-    assert s.seed == DEFAULT_SEED and s.device == "auto" and s.dtype == "auto"
+    # Not given: None, so that a suite file may set them; the resolved values are the defaults.
+    assert s.seed is None and s.device is None and s.dtype is None
+    assert s.resolved_seed() == DEFAULT_SEED and s.resolved_dtype("cpu") == "float32"
     assert s.cache_dir is not None and s.cache_dir.name == "pytest-forgetguard"
 
 
@@ -49,6 +51,22 @@ def test_auto_dtype_and_device():
     assert s.resolved_device() == "cpu" and s.resolved_dtype("cpu") == "float32"
     assert s.resolved_dtype("cuda:0") == "bfloat16"
     assert resolve({"dtype": "float16"}, env={}, ini={}).resolved_dtype("cpu") == "float16"
+
+
+def test_options_win_over_the_suite_file():
+    given = resolve({"device": "cpu", "seed": "3"}, env={}, ini={"dtype": "float16"})
+    assert given.resolved_device(suite_device="cuda:1") == "cpu"
+    assert given.resolved_dtype("cpu", suite_dtype="bfloat16") == "float16"
+    assert given.resolved_seed(suite_seed=7) == 3
+    # An explicit `auto` is a value too: it wins over the suite's device.
+    assert resolve({"device": "auto"}, env={}, ini={}).device == "auto"
+
+
+def test_suite_file_applies_when_no_option_is_given():
+    s = resolve({}, env={}, ini={})
+    assert s.resolved_device(suite_device="cuda:1") == "cuda:1"
+    assert s.resolved_dtype("cuda:1", suite_dtype="float32") == "float32"
+    assert s.resolved_seed(suite_seed=7) == 7 and s.resolved_seed(suite_seed=0) == 0
 
 
 @pytest.mark.parametrize(
