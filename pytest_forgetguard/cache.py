@@ -45,27 +45,43 @@ class ResultCache:
         self._memory: dict[tuple[str, str], Any] = {}  # this process's entries, even with the disk cache off
 
     def _path(self, namespace: str, key: str) -> Path:
-        assert self.root is not None
+        if self.root is None:
+            raise ValueError("a disabled cache (root=None) has no files")
         return self.root / namespace / key[:2] / f"{key}.json"
 
-    def load(self, namespace: str, key: str) -> Any | None:
+    def load(self, namespace: str, key: str, validate: Callable[[Any], str | None] | None = None) -> Any | None:
+        """The payload stored under ``key``, or None (a miss).
+
+        ``validate`` returns why a payload cannot be used (None when it can);
+        a rejected entry is reported through ``warn`` and is a miss, like a
+        corrupt file.
+        """
         if (namespace, key) in self._memory:
-            self.hits += 1
-            return self._memory[(namespace, key)]
-        if self.root is None:
+            payload = self._memory[(namespace, key)]
+            where = f"{namespace}/{key} (in memory)"
+        elif self.root is None:
             self.misses += 1
             return None
-        path = self._path(namespace, key)
-        if not path.is_file():
-            self.misses += 1
-            return None
-        try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(entry, dict) or entry.get("schema") != CACHE_SCHEMA or entry.get("key") != key:
-                raise ValueError(f"schema {entry.get('schema') if isinstance(entry, dict) else '?'} != {CACHE_SCHEMA}")
-            payload = entry["payload"]
-        except (OSError, ValueError, KeyError) as exc:
-            self.warn(f"forgetguard cache entry {path} is unusable ({exc}); recomputing")
+        else:
+            path = self._path(namespace, key)
+            where = str(path)
+            if not path.is_file():
+                self.misses += 1
+                return None
+            try:
+                entry = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(entry, dict) or entry.get("schema") != CACHE_SCHEMA or entry.get("key") != key:
+                    schema = entry.get("schema") if isinstance(entry, dict) else "?"
+                    raise ValueError(f"schema {schema} != {CACHE_SCHEMA}")
+                payload = entry["payload"]
+            except (OSError, ValueError, KeyError) as exc:
+                self.warn(f"forgetguard cache entry {path} is unusable ({exc}); recomputing")
+                self.misses += 1
+                return None
+        why = validate(payload) if validate is not None else None
+        if why is not None:
+            self._memory.pop((namespace, key), None)
+            self.warn(f"forgetguard cache entry {where} is unusable ({why}); recomputing")
             self.misses += 1
             return None
         self.hits += 1
@@ -73,18 +89,25 @@ class ResultCache:
         return payload
 
     def store(self, namespace: str, key: str, payload: Any, meta: dict[str, Any] | None = None) -> None:
+        """Keep ``payload`` for this process and, with a root, write it atomically.
+
+        A failed write (read-only or full disk) is reported through ``warn``:
+        the result itself is fine, only the next run will compute it again.
+        """
         self._memory[(namespace, key)] = payload
         if self.root is None:
             return
         path = self._path(namespace, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"schema": CACHE_SCHEMA, "key": key, "meta": meta or {}, "payload": payload}
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+        tmp: str | None = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(entry, fh)
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
+        except OSError as exc:
+            self.warn(f"forgetguard could not write cache entry {path} ({exc}); it will be recomputed next run")
+        finally:
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
-            raise

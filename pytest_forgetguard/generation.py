@@ -1,37 +1,64 @@
-"""Seeded, batched sampling of responses, invariant to batch size and order.
+"""Seeded, batched sampling of responses, invariant to batch size and order, and cached.
 
 Each prompt gets its own random generator, seeded from the run seed and the
 prompt's token ids, so a prompt's sample does not depend on which other
-prompts share its batch. Batches are left-padded, as generation requires.
+prompts share its batch. Batches are left-padded with position ids counted
+from each row's first real token, so a padded row sees exactly what it would
+see alone.
+
+Decoding is our own loop over the model's plain ``forward`` (with its KV
+cache), not ``model.generate``: ``generate`` fills every setting we leave
+unset from the checkpoint's ``generation_config.json``, so a shipped
+``repetition_penalty`` or ``no_repeat_ngram_size`` would silently change the
+distribution sampled from. The KL engine scores the model's own next-token
+distribution; the samples must come from that same distribution.
+
+:func:`cached_sample_responses` serves repeated runs from a
+:class:`~.cache.ResultCache`, keyed by everything that determines the samples
+(see :func:`samples_cache_key`), so a CI rerun with an unchanged base model
+generates nothing.
 
 Example::
 
     responses = sample_responses(handle, [[1, 2, 3]], max_new_tokens=16, seed=1234)
+    responses = cached_sample_responses(handle, [[1, 2, 3]], 16, seed=1234, cache=ResultCache(cache_dir))
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+    from .cache import ResultCache
     from .models import ModelHandle
+
+SAMPLES_NAMESPACE = "samples"
+# Bump when the sampling algorithm changes what a given key produces
+# (seeding, EOS handling, decoding), so old entries are never served.
+SAMPLES_FORMAT = 1
 
 
 def prompt_seed(seed: int, ids: Sequence[int], sample: int = 0) -> int:
+    """The seed of one prompt's generator: a hash of the run seed, the sample number and the ids.
+
+    >>> prompt_seed(1234, [1, 2, 3]) == prompt_seed(1234, [1, 2, 3]) != prompt_seed(1235, [1, 2, 3])
+    True
+    """
     h = hashlib.sha256(f"{seed}:{sample}:".encode() + ",".join(map(str, ids)).encode())
     return int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1)
 
 
-class _PerRowSampler:
-    """A logits processor that samples each row with its own generator.
+class _RowSampler:
+    """Draws one token per row, each row from its own generator.
 
-    It leaves only the sampled token finite, so greedy decoding in
-    ``generate`` picks it: HF's batching, caching and padding are reused, and
-    only the randomness is ours.
+    Probabilities are moved to the CPU before drawing so that a seed gives
+    the same tokens on every device (CUDA generators draw other numbers).
     """
 
     def __init__(self, generators: list["torch.Generator"], temperature: float, vocab: int | None) -> None:
@@ -39,10 +66,10 @@ class _PerRowSampler:
         self.temperature = temperature
         self.vocab = vocab
 
-    def __call__(self, input_ids: "torch.Tensor", scores: "torch.Tensor") -> "torch.Tensor":
+    def __call__(self, logits: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        logits = scores.float()
+        logits = logits.float()
         if self.vocab is not None:
             logits = logits[:, : self.vocab]
         probs = torch.softmax(logits / self.temperature, dim=-1).cpu()
@@ -50,12 +77,30 @@ class _PerRowSampler:
             from .errors import NonFiniteError
 
             raise NonFiniteError("NaN/inf in the sampling model's next-token distribution")
-        choice = torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]).to(
-            scores.device
-        )
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, choice, 0.0)
-        return out
+        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+
+
+def _forward_names(model: Any) -> tuple[str, dict[str, int]]:
+    """The KV-cache argument's name, and the "last position's logits only" option, of ``model.forward``.
+
+    Both were renamed across transformers versions (``past_key_values`` ->
+    ``cache`` in 5.2x, ``num_logits_to_keep`` -> ``logits_to_keep`` in 4.50);
+    remote-code models keep whichever their author wrote.
+    """
+    raw = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = set(inspect.signature(raw.forward).parameters)
+    except (TypeError, ValueError):
+        params = set()
+    cache_name = "cache" if "cache" in params else "past_key_values"
+    # Only the last position's logits are needed: the full [B, T, V] prefill logits
+    # would dominate memory for large vocabularies.
+    keep: dict[str, int] = {}
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            keep[name] = 1
+            break
+    return cache_name, keep
 
 
 def sample_responses(
@@ -67,27 +112,40 @@ def sample_responses(
     batch_size: int = 16,
     vocab: int | None = None,
 ) -> list[list[int]]:
-    """Sample one response per prompt from ``handle``; ends at EOS (kept) or the limit."""
+    """Sample one response per prompt from ``handle``; each ends at EOS (kept) or after ``max_new_tokens``.
+
+    Ancestral sampling at ``temperature`` from the model's own next-token
+    distribution (restricted to the first ``vocab`` ids when given). The
+    result does not depend on ``batch_size`` or on the order of ``prompts``
+    beyond floating-point rounding of the model's forward pass.
+
+    Example::
+
+        ids = [handle.tokenizer("2 + 2 =")["input_ids"]]
+        [response] = sample_responses(handle, ids, max_new_tokens=8, seed=7)
+        handle.tokenizer.decode(response)
+    """
     import torch
-    from transformers import GenerationConfig, LogitsProcessorList
 
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use sample_from: dataset for fixed responses)")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token to condition on")
     tok = handle.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    eos = _eos_ids(handle)
+    if pad_id is None:
+        pad_id = 0  # only ever at masked positions, so its value cannot matter
+    eos = set(_eos_ids(handle))
+    # Similar lengths share a batch: less padding, less wasted compute.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
-    config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=0,
-        pad_token_id=pad_id,
-        eos_token_id=eos or None,
-    )
+    dev = handle.device
     with handle.active() as model, torch.no_grad():
+        cache_name, keep = _forward_names(model)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             width = max(len(prompts[i]) for i in rows)
@@ -97,19 +155,52 @@ def sample_responses(
                 p = list(prompts[i])
                 ids[r, width - len(p) :] = torch.tensor(p)
                 mask[r, width - len(p) :] = 1
-            gens = [torch.Generator().manual_seed(prompt_seed(seed, prompts[i])) for i in rows]
-            generated = model.generate(
-                input_ids=ids.to(handle.device),
-                attention_mask=mask.to(handle.device),
-                generation_config=config,
-                logits_processor=LogitsProcessorList([_PerRowSampler(gens, temperature, vocab)]),
+            # Left padding shifts the real tokens right; positions must still start at 0
+            # for each row's first real token (pads get 0, and are masked anyway).
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask, positions = ids.to(dev), mask.to(dev), positions.to(dev)
+            sampler = _RowSampler(
+                [torch.Generator().manual_seed(prompt_seed(seed, prompts[i])) for i in rows], temperature, vocab
             )
+            responses: list[list[int]] = [[] for _ in rows]
+            done = [False] * len(rows)
+            past = None
+            step_ids, step_pos = ids, positions
+            for _ in range(max_new_tokens):
+                result = model(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=step_pos,
+                    use_cache=True,
+                    **{cache_name: past},
+                    **keep,
+                )
+                # The output field carries the same name as the argument.
+                past = getattr(result, cache_name)
+                choice = sampler(result.logits[:, -1, :])
+                for r, t in enumerate(choice.tolist()):
+                    if not done[r]:
+                        responses[r].append(t)
+                        done[r] = t in eos
+                if all(done):
+                    break
+                # A finished row keeps decoding (its tokens are discarded): rows never
+                # influence each other, and a fixed batch shape keeps the cache simple.
+                ids = torch.cat([ids, choice.view(-1, 1).to(dev)], dim=1)
+                positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+                if past is None:
+                    # A model that keeps no KV cache sees the whole sequence again: slow, still exact.
+                    step_ids, step_pos = ids, positions
+                else:
+                    step_ids, step_pos = ids[:, -1:], positions[:, -1:]
             for r, i in enumerate(rows):
-                out[i] = _trim(generated[r, width:].tolist(), eos)
+                out[i] = responses[r]
     return out
 
 
 def _eos_ids(handle: "ModelHandle") -> list[int]:
+    """Every id that ends a response: the generation config's EOS ids and the tokenizer's."""
     ids: set[int] = set()
     cfg = getattr(handle.raw_model, "generation_config", None)
     value = getattr(cfg, "eos_token_id", None)
@@ -122,9 +213,121 @@ def _eos_ids(handle: "ModelHandle") -> list[int]:
     return sorted(ids)
 
 
-def _trim(tokens: list[int], eos: list[int]) -> list[int]:
-    """Cut after the first EOS (the EOS itself is a sampled response token)."""
-    for pos, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: pos + 1]
-    return tokens
+# -- the cache -----------------------------------------------------------------------
+
+
+def _library_versions(handle: "ModelHandle") -> dict[str, str]:
+    """Versions of the code that runs the model: a new kernel can round differently and flip a draw."""
+    import torch
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if handle.spec.kind == "peft":
+        import peft
+
+        versions["peft"] = peft.__version__
+    return versions
+
+
+def samples_cache_key(
+    handle: "ModelHandle",
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    seed: int,
+    temperature: float,
+    vocab: int | None,
+) -> str:
+    """Everything that determines :func:`sample_responses`' output, hashed.
+
+    The model's content fingerprint (weights, config, tokenizer files), the
+    exact prompt token ids, the sampling arguments, the EOS ids, dtype and
+    device class, library versions and :data:`SAMPLES_FORMAT`. The batch
+    size is left out on purpose: samples do not depend on it.
+
+    Example::
+
+        key = samples_cache_key(base, prompt_ids, max_new_tokens=64, seed=1234, temperature=1.0, vocab=None)
+    """
+    from .cache import cache_key
+
+    blob = json.dumps([list(map(int, p)) for p in prompts], separators=(",", ":"))
+    return cache_key(
+        format=SAMPLES_FORMAT,
+        model=handle.fingerprint,
+        prompts=hashlib.sha256(blob.encode()).hexdigest(),
+        n_prompts=len(prompts),
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        # repr: the exact float, so 1.0 and 1.0000001 never share an entry.
+        temperature=repr(float(temperature)),
+        vocab=vocab,
+        eos=_eos_ids(handle),
+        dtype=handle.store.dtype,
+        device=handle.store.device.split(":")[0],
+        versions=_library_versions(handle),
+    )
+
+
+def _invalid_payload(payload: Any, n_prompts: int, max_new_tokens: int, vocab: int | None, eos: set[int]) -> str | None:
+    """Why a cached payload cannot be the samples asked for (None when it can)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("responses"), list):
+        return "no 'responses' list"
+    responses = payload["responses"]
+    if len(responses) != n_prompts:
+        return f"{len(responses)} responses for {n_prompts} prompts"
+    for i, resp in enumerate(responses):
+        if not isinstance(resp, list) or not 1 <= len(resp) <= max_new_tokens:
+            return f"response {i} is not a list of 1..{max_new_tokens} token ids"
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in resp):
+            return f"response {i} holds something other than token ids"
+        if vocab is not None and max(resp) >= vocab:
+            return f"response {i} has a token id outside the vocabulary of {vocab}"
+        if any(t in eos for t in resp[:-1]) or (len(resp) < max_new_tokens and resp[-1] not in eos):
+            return f"response {i} does not end where sampling stops (at EOS or the token limit)"
+    return None
+
+
+def cached_sample_responses(
+    handle: "ModelHandle",
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    seed: int,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+    vocab: int | None = None,
+    cache: "ResultCache | None" = None,
+) -> list[list[int]]:
+    """:func:`sample_responses`, served from ``cache`` when nothing that determines the samples changed.
+
+    ``cache=None`` samples every time. An entry that is unreadable or does
+    not fit the request (wrong count, ids out of range, a response that does
+    not end at EOS or the limit) is reported through ``cache.warn`` and
+    sampled again, never trusted. Entries are small: the response token ids.
+
+    Example::
+
+        cache = ResultCache(Path(".forgetguard-cache"))
+        first = cached_sample_responses(base, prompt_ids, 64, seed=1234, cache=cache)
+        again = cached_sample_responses(base, prompt_ids, 64, seed=1234, cache=cache)  # no generation
+    """
+
+    def sample() -> list[list[int]]:
+        return sample_responses(
+            handle, prompts, max_new_tokens, seed=seed, temperature=temperature, batch_size=batch_size, vocab=vocab
+        )
+
+    if cache is None:
+        return sample()
+    key = samples_cache_key(handle, prompts, max_new_tokens, seed, temperature, vocab)
+    eos = set(_eos_ids(handle))
+    hit = cache.load(
+        SAMPLES_NAMESPACE,
+        key,
+        validate=lambda payload: _invalid_payload(payload, len(prompts), max_new_tokens, vocab, eos),
+    )
+    if hit is not None:
+        return [list(r) for r in hit["responses"]]
+    responses = sample()
+    meta = {"model": handle.label, "n_prompts": len(prompts), "seed": seed, "max_new_tokens": max_new_tokens}
+    cache.store(SAMPLES_NAMESPACE, key, {"responses": responses}, meta=meta)
+    return responses

@@ -37,3 +37,27 @@ def test_disabled_cache_keeps_only_this_process(tmp_path):
     cache.store("ns", "k", 1)
     assert cache.load("ns", "k") == 1
     assert ResultCache(None).load("ns", "k") is None
+
+
+def test_validate_rejects_a_payload_that_does_not_fit(tmp_path):
+    warnings: list[str] = []
+    cache = ResultCache(tmp_path, warn=warnings.append)
+    cache.store("ns", "k", {"n": 3})
+    # In memory and on disk alike, a rejected payload is a miss, with the reason.
+    assert cache.load("ns", "k", validate=lambda p: None if p["n"] == 2 else "wrong n") is None
+    fresh = ResultCache(tmp_path, warn=warnings.append)
+    assert fresh.load("ns", "k", validate=lambda p: "wrong n") is None
+    assert fresh.load("ns", "k", validate=lambda p: None) == {"n": 3}
+    assert len(warnings) == 2 and all("wrong n" in w for w in warnings)
+    assert (cache.hits, cache.misses, fresh.hits, fresh.misses) == (0, 1, 1, 1)
+
+
+def test_a_failed_write_warns_and_keeps_the_result_for_the_process(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    warnings: list[str] = []
+    cache = ResultCache(blocker, warn=warnings.append)
+    cache.store("ns", cache_key(k=1), [1, 2])
+    assert len(warnings) == 1 and "could not write cache entry" in warnings[0]
+    assert cache.load("ns", cache_key(k=1)) == [1, 2]
+    assert blocker.read_text().startswith("a file"), "nothing was overwritten"
