@@ -67,7 +67,7 @@ class Forgetguard:
         self.base = base
         self.candidate = candidate
         self.seed = seed
-        self._record = record or (lambda rec: None)
+        self._sink = record or (lambda rec: None)
         self.default_name = default_name
         self.cache = cache
         self._warn = warn or _default_warn
@@ -103,7 +103,10 @@ class Forgetguard:
         forward and symmetric), ``candidate`` (default for reverse), or
         ``dataset`` (teacher-forced on each prompt's ``response``). Sampling
         is ancestral at ``temperature`` (1.0: the model's own distribution,
-        which makes the estimate unbiased), seeded per prompt.
+        which makes the estimate unbiased), seeded per prompt; the sampled
+        token ids are cached in ``cache``, keyed by the sampling model's
+        fingerprint, the prompts and the sampling settings, so a rerun with
+        an unchanged model generates nothing.
         """
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -126,10 +129,11 @@ class Forgetguard:
         if sample_from == "dataset":
             responses = [encode_response(tok, r) for r in records]
         else:
-            from .generation import sample_responses
+            from .generation import cached_sample_responses
 
             source = self.base if sample_from == "base" else self.candidate
-            responses = sample_responses(
+            # Cached by the source model's fingerprint: a rerun with an unchanged base samples nothing.
+            responses = cached_sample_responses(
                 source,
                 prompt_ids,
                 max_new_tokens,
@@ -137,6 +141,7 @@ class Forgetguard:
                 temperature=temperature,
                 batch_size=max(batch_size, 16),
                 vocab=vocab,
+                cache=self.cache,
             )
             empty = [r.index for r, resp in zip(records, responses) if not resp]
             if empty:
@@ -192,6 +197,9 @@ class Forgetguard:
             "p99": result.p99,
             "max": result.max,
             "top1_agreement": result.top1_agreement,
+            # The per-token KL distribution (0th..100th percentile) for plots: a fixed 101 numbers
+            # whatever the token count, rounded to 6 significant digits to keep JSON short.
+            "kl_quantiles": [float(f"{q:.6g}") for q in result.quantiles(101)],
         }
         passed = result.finite and result.value <= budget
         message = None
@@ -283,6 +291,7 @@ class Forgetguard:
         filter: str | None = None,  # noqa: A002 (lm-eval's word)
         batch_size: int = 8,
         apply_chat_template: bool = False,
+        backend: str = "hf",
     ) -> "RetentionResult":
         """Run lm-eval task(s) on both models and compare them item by item.
 
@@ -291,7 +300,8 @@ class Forgetguard:
         defaults to the task's first metric. Several tasks are pooled over
         their items (lm-eval's size-weighted group score). The base's
         per-item results come from the cache when nothing they depend on
-        changed.
+        changed. ``backend="vllm"`` runs lm-eval's vLLM backend (CUDA, ``vllm``
+        installed; otherwise a warning and the HF backend).
         """
         from .retention import compare, evaluate, lm_eval_aggregation
 
@@ -312,6 +322,8 @@ class Forgetguard:
             batch_size=batch_size,
             seed=self.seed,
             apply_chat_template=apply_chat_template,
+            backend=backend,
+            warn=self._warn,
         )
         settings = {"dtype": self.base.store.dtype, "device": self.base.store.device.split(":")[0]}
         misses = self.cache.misses if self.cache is not None else 0
@@ -377,6 +389,9 @@ class Forgetguard:
             "gate": gate,
             "drop": result.drop,
             "drop_ci": [lo, hi],
+            # How the allowance (``budget``) was derived, so a plot or reader can say "5% of base".
+            "max_drop": max_drop,
+            "max_drop_relative": max_drop_relative,
             "higher_is_better": result.higher_is_better,
             "p_value": result.p_value,
             "base_cached": result.base_cached,
@@ -437,4 +452,16 @@ class Forgetguard:
 
     def _finish(self, rec: CheckRecord, passed: bool = False, error: str | None = None) -> None:
         rec.settle(passed, error)
-        self._record(rec)
+        rec.base_info, rec.candidate_info = _model_info(self.base), _model_info(self.candidate)
+        self._sink(rec)
+
+
+def _model_info(handle: "ModelHandle") -> dict[str, Any]:
+    """What a report says about a model: its SPEC and, when it can be computed, its content fingerprint."""
+    from .errors import ForgetguardError
+
+    try:
+        fingerprint: str | None = handle.fingerprint
+    except ForgetguardError:
+        fingerprint = None
+    return {"spec": handle.label, "fingerprint": fingerprint}

@@ -140,6 +140,22 @@ class KLResult:
         """Mean KL per response token of each prompt (the gated direction)."""
         return np.array([p.values(self.direction).mean() for p in self.prompts])
 
+    def quantiles(self, n: int = 101) -> np.ndarray:
+        """Quantiles of the per-token KL (gated direction), pooled over all response tokens.
+
+        ``n`` evenly spaced levels from 0 to 1 inclusive: the default 101 gives
+        the 0th..100th percentiles, so element 0 is the minimum and element -1
+        the maximum. This fixed-size summary is what reports and plots carry
+        instead of every token's value (records must stay small plain data).
+
+        Example: ``result.quantiles(5)`` gives min, p25, median, p75 and max.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"n must be an integer >= 2 (the 0 and 1 levels), got {n!r}")
+        tokens = np.concatenate([p.values(self.direction) for p in self.prompts])
+        # numpy's default (linear) interpolation, as for median/p90/p99 above.
+        return np.quantile(tokens, np.linspace(0.0, 1.0, n))
+
     def worst(self, k: int = 3, positions: int = 3) -> list[WorstPrompt]:
         """The ``k`` prompts with the highest mean KL, each with its worst positions."""
         order = np.argsort(-self.per_prompt, kind="stable")[:k]
@@ -278,7 +294,9 @@ def teacher_forced_kl(
     results: dict[int, PromptKL] = {}
     # Sorting by length keeps padding (wasted compute) small; results are per sequence.
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].response_ids))
-    with torch.no_grad():
+    from . import progress
+
+    with torch.no_grad(), progress.task("scoring KL", total=len(order), unit="prompts") as task:
         for start in range(0, len(order), batch_size):
             batch = [sequences[i] for i in order[start : start + batch_size]]
             # The last response token is predicted, never fed.
@@ -321,6 +339,7 @@ def teacher_forced_kl(
                     base_top1=tb[sl],
                     cand_top1=tc[sl],
                 )
+            task.advance(len(batch))
     prompts = [results[s.index] for s in sequences]
     return KLResult(direction=direction, sample_from=sample_from, prompts=prompts, decode=decode, seed=seed)
 

@@ -281,7 +281,10 @@ class ModelHandle:
 
     def load(self) -> None:
         if self._model is None:
-            self.store._load(self)
+            from . import progress
+
+            with progress.task(f"loading {self.role} {self.label}"):
+                self.store._load(self)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:

@@ -8,7 +8,8 @@ forgetguard tests are skipped with a reason saying how to enable them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from .models import ModelHandle
 
 SESSION_KEY = pytest.StashKey[ForgetguardSession]()
+PROGRESS_KEY = pytest.StashKey[Any]()  # the progress sink to restore at unconfigure
+ORDER_KEY = pytest.StashKey[dict[str, int]]()  # nodeid -> index in the collection
+# Numbers of a check attached to its test as JUnit XML properties.
+_PROPERTY_KEYS = ("value", "budget", "ci_low", "ci_high", "n", "base_value", "delta", "p_value")
 SKIP_REASON = "forgetguard is off: run pytest with --forgetguard to enable it"
 
 # (flag, dest, ini key, help)
@@ -116,7 +121,21 @@ def pytest_configure(config: pytest.Config) -> None:
     def load_model(spec: str, device: str, dtype: str) -> Any:
         return config.hook.pytest_forgetguard_load_model(spec=spec, device=device, dtype=dtype)
 
-    config.stash[SESSION_KEY] = ForgetguardSession(settings, custom_loader=load_model, warn=warn)
+    session = config.stash[SESSION_KEY] = ForgetguardSession(settings, custom_loader=load_model, warn=warn)
+    config.pluginmanager.register(_RecordCollector(session), "forgetguard-records")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Show progress of model work on the terminal (not on xdist workers: nobody sees their output)."""
+    config = session.config
+    if not config.stash[SESSION_KEY].settings.enabled or _is_xdist_worker(config) or config.get_verbosity() < 0:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        from . import progress
+
+        tty = config.get_terminal_writer().hasmarkup and sys.stdout.isatty()
+        config.stash[PROGRESS_KEY] = progress.set_sink(progress.TerminalProgress(reporter, tty=tty))
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -139,41 +158,73 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("candidate_model", specs, indirect=True, scope="session", ids=ids)
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Reports list checks in collection order: every xdist worker collects the same items.
+    session.config.stash[ORDER_KEY] = {item.nodeid: i for i, item in enumerate(session.items)}
+
+
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """Attach the numbers of every check the test ran to it (JUnit XML shows them as properties)."""
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the checks a test ran to its report: JUnit XML properties, and the records themselves
+    (plain data, so pytest-xdist carries them to the controller, which writes the reports)."""
+    report = yield
     session = item.config.stash[SESSION_KEY]
-    first = len(session.records)
-    try:
-        return (yield)
-    finally:
-        for rec in session.records[first:]:
+    order = item.config.stash.get(ORDER_KEY, {})
+    new = session.take_new_records(order.get(item.nodeid, len(order)))
+    if new:
+        for rec in new:
             rec.nodeid = item.nodeid
-            for key in ("value", "budget", "ci_low", "ci_high", "n", "base_value", "delta", "p_value"):
-                value = getattr(rec, key)
-                if value is not None:
-                    item.user_properties.append((f"forgetguard.{rec.name}.{key}", value))
-            item.user_properties.append((f"forgetguard.{rec.name}.verdict", rec.verdict))
+            props = [(f"forgetguard.{rec.name}.{k}", getattr(rec, k)) for k in _PROPERTY_KEYS]
+            props.append((f"forgetguard.{rec.name}.verdict", rec.verdict))
+            for prop in props:
+                if prop[1] is not None:
+                    item.user_properties.append(prop)
+                    report.user_properties.append(prop)
+        report.forgetguard_records = [rec.to_payload() for rec in new]  # type: ignore[attr-defined]
+    return report
+
+
+class _RecordCollector:
+    """Collects the check records carried by test reports (this process's, or xdist workers')."""
+
+    def __init__(self, session: ForgetguardSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payloads = getattr(report, "forgetguard_records", None)
+        if payloads:
+            self.session.add_reported(payloads)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.records:
+    if session is None or not session.reported or _is_xdist_worker(config):
         return
-    from .report import terminal_table
+    from .report import terminal_lines
 
     terminalreporter.write_sep("=", "forgetguard")
-    for line in terminal_table(session.records).splitlines():
-        terminalreporter.write_line(line)
+    for line, verdict in terminal_lines(session.results):
+        colour = {} if verdict is None else ({"green": True} if verdict == "PASS" else {"red": True})
+        terminalreporter.write_line(line, **colour)
     for path in session.write_reports():
         terminalreporter.write_line(f"forgetguard report written to {path}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if PROGRESS_KEY in config.stash:
+        from . import progress
+
+        progress.set_sink(config.stash[PROGRESS_KEY])
     session = config.stash.get(SESSION_KEY, None)
     # Reports are written by the terminal summary; with no terminal (or no
     # checks) make sure the requested files still exist.
-    if session is not None and session.settings.enabled and not session.records:
+    if session is not None and session.settings.enabled and not session.reported and not _is_xdist_worker(config):
         session.write_reports()
 
 
@@ -210,7 +261,7 @@ def forgetguard(
     yield Forgetguard(
         base_model,
         candidate_model,
-        seed=session.settings.seed,
+        seed=session.settings.resolved_seed(),
         record=session.records.append,
         default_name=request.node.nodeid,
         cache=session.cache,

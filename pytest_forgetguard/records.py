@@ -1,7 +1,15 @@
 """The record of one check, as reports and the JSON schema see it.
 
-Plain data (JSON-serialisable) so it can travel from xdist workers to the
-controller later.
+Plain data (JSON-serialisable): under pytest-xdist a worker attaches
+``to_payload()`` to the test report and the controller rebuilds the record
+with ``from_payload()``, so a distributed run reports exactly what a serial
+one does.
+
+Example::
+
+    rec = CheckRecord(name="task-kl", kind="kl", candidate="ft", metric="kl_forward_mean", value=0.01, budget=0.05)
+    rec.settle(passed=rec.value <= rec.budget)
+    assert CheckRecord.from_payload(rec.to_payload()) == rec
 """
 
 from __future__ import annotations
@@ -39,6 +47,14 @@ class CheckRecord:
     error: str | None = None
     nodeid: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # Which models were compared ({"spec", "fingerprint"}); None when a check failed before loading them.
+    base_info: dict[str, Any] | None = None
+    candidate_info: dict[str, Any] | None = None
+    # (index of the test in the collection, position among the test's checks): the report order,
+    # the same whichever process ran the test.
+    order: tuple[int, int] = (0, 0)
+
+    _INTERNAL = ("nodeid", "details", "base_info", "candidate_info", "order")
 
     def __post_init__(self) -> None:
         self.settle(self.passed, self.error)
@@ -56,6 +72,19 @@ class CheckRecord:
         return "PASS" if self.passed else "FAIL"
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: _clean(v) for k, v in asdict(self).items() if k not in ("nodeid", "details")}
+        """The check's entry in the JSON report (CONTRACT.md)."""
+        data = {k: _clean(v) for k, v in asdict(self).items() if k not in self._INTERNAL}
         data["details"] = {k: _clean(v) for k, v in self.details.items()}
         return data
+
+    def to_payload(self) -> dict[str, Any]:
+        """Everything, as plain data that execnet (pytest-xdist) and JSON can carry."""
+        data = asdict(self)
+        data["order"] = list(self.order)
+        return data
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> "CheckRecord":
+        data = dict(data)
+        data["order"] = tuple(data.get("order", (0, 0)))
+        return cls(**data)

@@ -56,9 +56,61 @@ def rows(records: Sequence[CheckRecord]) -> list[tuple[str, ...]]:
 
 
 def terminal_table(records: Sequence[CheckRecord]) -> str:
+    return "\n".join(line for line, _ in terminal_lines(records))
+
+
+def terminal_lines(records: Sequence[CheckRecord]) -> list[tuple[str, str | None]]:
+    """The summary as ``(line, verdict)`` pairs; ``verdict`` (None for headers) lets the caller colour rows.
+
+    With several candidates a second table puts them side by side.
+    """
     from tabulate import tabulate
 
-    return tabulate(rows(records), headers=HEADERS, tablefmt="simple")
+    table = tabulate(rows(records), headers=HEADERS, tablefmt="simple").splitlines()
+    out: list[tuple[str, str | None]] = [(line, None) for line in table[:2]]
+    out += [(line, r.verdict) for line, r in zip(table[2:], records)]
+    grid = side_by_side(records)
+    if grid is not None:
+        headers, body, verdicts = grid
+        lines = tabulate(body, headers=headers, tablefmt="simple").splitlines()
+        out += [("", None), ("candidates side by side (value, verdict):", None)]
+        out += [(line, None) for line in lines[:2]]
+        out += [(line, v) for line, v in zip(lines[2:], verdicts)]
+    return out
+
+
+def candidates_of(records: Sequence[CheckRecord]) -> list[str]:
+    return list(dict.fromkeys(r.candidate for r in records))
+
+
+def side_by_side(
+    records: Sequence[CheckRecord],
+) -> tuple[list[str], list[list[str]], list[str]] | None:
+    """One row per check, one column per candidate: the view for picking a checkpoint.
+
+    Returns ``(headers, rows, row_verdicts)`` (a row's verdict is FAIL when any
+    candidate failed it), or None with fewer than two candidates.
+    """
+    cands = candidates_of(records)
+    if len(cands) < 2:
+        return None
+    cell: dict[tuple[str, str], CheckRecord] = {(r.name, r.candidate): r for r in records}
+    names = list(dict.fromkeys(r.name for r in records))
+    body, verdicts = [], []
+    for name in names:
+        recs = [cell.get((name, c)) for c in cands]
+        budget = next((r.budget for r in recs if r is not None and r.budget is not None), None)
+        row = [name, _num(budget)]
+        row += ["-" if r is None else f"{_num(r.value)} {r.verdict}" for r in recs]
+        body.append(row)
+        verdicts.append("PASS" if all(r is not None and r.passed for r in recs) else "FAIL")
+    totals = ["all checks", ""]
+    for c in cands:
+        mine = [r for r in records if r.candidate == c]
+        totals.append(f"{sum(r.passed for r in mine)}/{len(mine)} passed")
+    body.append(totals)
+    verdicts.append("PASS" if all(r.passed for r in records) else "FAIL")
+    return ["check", "budget", *cands], body, verdicts
 
 
 def json_report(
@@ -72,26 +124,44 @@ def json_report(
     }
 
 
-def markdown_report(records: Sequence[CheckRecord], base: dict[str, Any] | None) -> str:
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def markdown_report(records: Sequence[CheckRecord], base: dict[str, Any] | None, plots: Sequence[str] = ()) -> str:
+    """A pull-request comment: the verdict first, then the table(s), then what failed and why.
+
+    ``plots`` are file names written next to the report (listed, since a
+    comment cannot embed local files).
+    """
     failed = [r for r in records if not r.passed]
-    verdict = (
-        "✅ all forgetguard checks passed"
-        if not failed
-        else f"❌ {len(failed)} of {len(records)} forgetguard checks failed"
-    )
+    cands = candidates_of(records)
     if not records:
-        verdict = "⚠️ no forgetguard checks ran"
+        verdict = "⚠️ forgetguard: no checks ran"
+    elif not failed:
+        verdict = f"✅ forgetguard: all {len(records)} checks passed"
+    else:
+        verdict = f"❌ forgetguard: {len(failed)} of {len(records)} checks failed"
     lines = [f"## {verdict}", ""]
+    if len(cands) > 1:
+        passing = [c for c in cands if all(r.passed for r in records if r.candidate == c)]
+        lines += [f"Candidates passing every check: {', '.join(f'`{c}`' for c in passing) or 'none'}.", ""]
     if base:
         lines += [f"Base: `{base.get('spec')}` (fingerprint `{base.get('fingerprint')}`)", ""]
+    grid = side_by_side(records)
+    if grid is not None:
+        headers, body, _ = grid
+        lines += [_md_row(headers), "|" + "---|" * len(headers)]
+        lines += [_md_row(row) for row in body]
+        lines.append("")
     if records:
-        lines.append("| " + " | ".join(HEADERS) + " |")
-        lines.append("|" + "---|" * len(HEADERS))
-        for row in rows(records):
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        lines += [_md_row(HEADERS), "|" + "---|" * len(HEADERS)]
+        lines += [_md_row(row) for row in rows(records)]
     for r in failed:
         lines += ["", f"<details><summary>{r.verdict}: {r.name} ({r.candidate})</summary>", ""]
         lines += ["```", (r.error or r.details.get("message") or "").strip(), "```", "</details>"]
+    if plots:
+        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
     return "\n".join(lines) + "\n"
 
 

@@ -301,6 +301,65 @@ def _reduce(res: dict[str, Any], tasks: dict[str, Any]) -> dict[str, TaskRun]:
     return runs
 
 
+BACKENDS = ("hf", "vllm")
+
+
+def vllm_arguments(handle: "ModelHandle", batch_size: int, seed: int) -> dict[str, Any]:
+    """Arguments for lm-eval's ``VLLM`` model: vLLM loads from files, not from our loaded module.
+
+    A PEFT candidate is its base's directory plus the adapter as a LoRA
+    request; a GGUF file is its converted safetensors copy.
+    """
+    store = handle.store
+    if handle.spec.kind == "custom":
+        raise RetentionError(
+            f"the vllm backend loads models from files; {handle.spec.text!r} was loaded by a hook (use backend: hf)"
+        )
+    args: dict[str, Any] = {
+        "dtype": store.dtype,
+        "trust_remote_code": store.trust_remote_code,
+        "seed": seed,
+        "batch_size": "auto" if batch_size is None else batch_size,
+        # The HF models of the run stay on the GPU: leave them room.
+        "gpu_memory_utilization": 0.5,
+    }
+    if handle.spec.kind == "peft":
+        args["pretrained"] = str(store._adapter_base(handle).local_dir)
+        args["lora_local_path"] = str(handle.local_dir)
+    else:
+        args["pretrained"] = str(handle.local_dir)
+    return args
+
+
+def _lm(handle: "ModelHandle", batch_size: int, seed: int, backend: str, warn: Callable[[str], None]) -> Any:
+    """lm-eval's model object for ``handle``: HFLM on the loaded module, or VLLM when asked and available."""
+    if backend not in BACKENDS:
+        raise RetentionError(f"unknown retention backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "vllm":
+        if effective_backend(handle, backend) == "vllm":
+            from lm_eval.models.vllm_causallms import VLLM
+
+            return VLLM(**vllm_arguments(handle, batch_size, seed))
+        why = "vllm is not installed" if not _vllm_installed() else f"vllm needs a CUDA device, not {handle.device}"
+        warn(f"retention backend vllm requested but {why}; running lm-eval's HF backend instead")
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(
+        pretrained=handle.raw_model, tokenizer=handle.tokenizer, batch_size=batch_size, device=str(handle.device)
+    )
+
+
+def _vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def effective_backend(handle: "ModelHandle", backend: str) -> str:
+    """The backend that will actually run (cache keys need it: vLLM's numbers differ slightly from HF's)."""
+    return "vllm" if backend == "vllm" and _vllm_installed() and handle.device.type == "cuda" else "hf"
+
+
 def run_lm_eval(
     handle: "ModelHandle",
     task_manager: Any,
@@ -310,15 +369,18 @@ def run_lm_eval(
     batch_size: int,
     seed: int,
     apply_chat_template: bool = False,
+    backend: str = "hf",
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, TaskRun]:
     """Evaluate ``handle`` on the given Task objects with lm-eval, samples logged."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
-    with handle.active(), _quiet_lm_eval():
-        lm = HFLM(
-            pretrained=handle.raw_model, tokenizer=handle.tokenizer, batch_size=batch_size, device=str(handle.device)
-        )
+    from . import progress
+
+    handle.load()  # its own progress line, before lm-eval's
+    label = f"lm-eval {', '.join(tasks)} on {handle.role} {handle.label}"
+    with progress.task(label), handle.active(), _quiet_lm_eval():
+        lm = _lm(handle, batch_size, seed, backend, warn or (lambda message: None))
         res = simple_evaluate(
             model=lm,
             tasks=list(tasks.values()),
@@ -349,8 +411,17 @@ def evaluate(
     apply_chat_template: bool = False,
     cache: ResultCache | None = None,
     settings: dict[str, Any] | None = None,
+    backend: str = "hf",
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, TaskRun]:
-    """Per-item results of ``handle`` on tasks; served from ``cache`` when the key matches."""
+    """Per-item results of ``handle`` on tasks; served from ``cache`` when the key matches.
+
+    ``backend``: ``hf`` (lm-eval's HFLM on the loaded model) or ``vllm``
+    (lm-eval's vLLM backend; falls back to ``hf`` with a warning when vLLM is
+    not installed or the device is not CUDA).
+    """
+    if backend not in BACKENDS:
+        raise RetentionError(f"unknown retention backend {backend!r}; use one of {', '.join(BACKENDS)}")
     paths = include_paths(include_path)
     tm, tasks = load_tasks(names, paths)
     keys = {}
@@ -363,6 +434,8 @@ def evaluate(
             "seed": seed,
             **(settings or {}),
         }
+        if effective_backend(handle, backend) != "hf":  # hf entries keep their keys
+            full["backend"] = effective_backend(handle, backend)
         for name, task in tasks.items():
             keys[name] = base_cache_key(name, task, handle.fingerprint, full)
             hit = cache.load(CACHE_NAMESPACE, keys[name])
@@ -373,7 +446,9 @@ def evaluate(
                     cache.warn(f"forgetguard cache entry for {name} has an old layout; recomputing")
     todo = {n: t for n, t in tasks.items() if n not in runs}
     if todo:
-        fresh = run_lm_eval(handle, tm, todo, num_fewshot, limit, batch_size, seed, apply_chat_template)
+        fresh = run_lm_eval(
+            handle, tm, todo, num_fewshot, limit, batch_size, seed, apply_chat_template, backend=backend, warn=warn
+        )
         for name, run in fresh.items():
             runs[name] = run
             if cache is not None:

@@ -6,17 +6,18 @@ It never imports pytest, and loads nothing until a check needs a model.
 Example::
 
     session = ForgetguardSession(settings)
-    fg = session.forgetguard(base_spec=None, candidate_spec=None, name="my-check")
+    fg = session.forgetguard("models/candidate", name="my-check")
     fg.assert_kl_budget("prompts.jsonl", budget=0.05)
     session.write_reports()
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ForgetguardError, ModelLoadError
+from .errors import ModelLoadError
 from .records import CheckRecord
 from .report import json_report, markdown_report, write_atomic, write_json
 from .settings import Settings
@@ -36,27 +37,43 @@ class ForgetguardSession:
         warn: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.records: list[CheckRecord] = []
+        self.records: list[CheckRecord] = []  # checks run in this process
+        self.reported: list[CheckRecord] = []  # checks of the whole run, from test reports
+        self._taken = 0
+        self._seq: dict[int, int] = {}
         self._custom_loader = custom_loader
         self._warn = warn
-        self._store: ModelStore | None = None
+        # One store per (device, dtype): a suite file may ask for other ones than the run's.
+        self._stores: dict[tuple[str, str], ModelStore] = {}
         self._cache: ResultCache | None = None
 
     @property
     def store(self) -> "ModelStore":
-        if self._store is None:
+        """The model store of the run's own device and dtype (what the fixtures use)."""
+        return self.store_for()
+
+    def store_for(self, suite_device: str | None = None, suite_dtype: str | None = None) -> "ModelStore":
+        """The model store for a suite's device and dtype (options win over the suite's), created lazily.
+
+        Example::
+
+            session.store_for("cpu", "float32").get("models/base", role="base")
+        """
+        device = self.settings.resolved_device(suite_device)
+        dtype = self.settings.resolved_dtype(device, suite_dtype)
+        store = self._stores.get((device, dtype))
+        if store is None:
             from .models import ModelStore
 
-            device = self.settings.resolved_device()
-            self._store = ModelStore(
+            store = self._stores[device, dtype] = ModelStore(
                 device=device,
-                dtype=self.settings.resolved_dtype(device),
+                dtype=dtype,
                 cache_dir=self.settings.cache_dir,
                 trust_remote_code=self.settings.trust_remote_code,
                 custom_loader=self._custom_loader,
                 warn=self._warn,
             )
-        return self._store
+        return store
 
     @property
     def cache(self) -> "ResultCache":
@@ -80,27 +97,51 @@ class ForgetguardSession:
     def candidate_specs(self, suite_candidates: tuple[str, ...] = ()) -> tuple[str, ...]:
         return self.settings.candidates or suite_candidates
 
-    def base_handle(self, suite_base: str | None = None) -> "ModelHandle":
-        return self.store.get(self.base_spec(suite_base), role="base")
+    def base_handle(
+        self, suite_base: str | None = None, suite_device: str | None = None, suite_dtype: str | None = None
+    ) -> "ModelHandle":
+        """The base model's handle (nothing loads yet); ``suite_*`` are a suite file's values."""
+        return self.store_for(suite_device, suite_dtype).get(self.base_spec(suite_base), role="base")
 
-    def candidate_handle(self, spec: str | None, suite_base: str | None = None) -> "ModelHandle":
+    def candidate_handle(
+        self,
+        spec: str | None,
+        suite_base: str | None = None,
+        suite_device: str | None = None,
+        suite_dtype: str | None = None,
+    ) -> "ModelHandle":
+        """The handle of candidate ``spec``, compared with the base on the same device and dtype."""
         if not spec:
             raise ModelLoadError(
                 "no candidate model: pass --fg-candidate SPEC, set FORGETGUARD_CANDIDATE, set "
                 "forgetguard_candidate in the ini file, or give models.candidate in the suite"
             )
-        base = self.base_handle(suite_base)
-        return self.store.get(spec, role="candidate", base=base)
+        base = self.base_handle(suite_base, suite_device, suite_dtype)
+        return self.store_for(suite_device, suite_dtype).get(spec, role="candidate", base=base)
 
-    def forgetguard(self, candidate_spec: str | None, name: str, suite_base: str | None = None) -> "Forgetguard":
+    def forgetguard(
+        self,
+        candidate_spec: str | None,
+        name: str,
+        suite_base: str | None = None,
+        suite_device: str | None = None,
+        suite_dtype: str | None = None,
+        suite_seed: int | None = None,
+    ) -> "Forgetguard":
+        """The comparison object a suite check runs on; options win over the suite's values.
+
+        Example::
+
+            fg = session.forgetguard("models/cand", name="task-kl", suite_device="cpu", suite_seed=7)
+        """
         from .comparison import Forgetguard
 
-        base = self.base_handle(suite_base)
-        cand = self.candidate_handle(candidate_spec, suite_base)
+        base = self.base_handle(suite_base, suite_device, suite_dtype)
+        cand = self.candidate_handle(candidate_spec, suite_base, suite_device, suite_dtype)
         return Forgetguard(
             base,
             cand,
-            seed=self.settings.seed,
+            seed=self.settings.resolved_seed(suite_seed),
             record=self.records.append,
             default_name=name,
             cache=self.cache,
@@ -113,34 +154,64 @@ class ForgetguardSession:
             CheckRecord(name=name, kind=kind, candidate=candidate, metric="-", error=f"{type(exc).__name__}: {exc}")
         )
 
+    # -- records -----------------------------------------------------------------
+    #
+    # ``records`` are the checks this process ran. They reach the reports only
+    # through pytest's test reports (``take_new_records`` attaches them,
+    # ``add_reported`` collects them), the same path under pytest-xdist, where
+    # the controller that writes the reports never runs a check itself.
+
+    def take_new_records(self, index: int) -> list[CheckRecord]:
+        """Records added since the last call, stamped with their place in the run's order."""
+        new = self.records[self._taken :]
+        self._taken = len(self.records)
+        for rec in new:
+            seq = self._seq.get(index, 0)
+            self._seq[index] = seq + 1
+            rec.order = (index, seq)
+        return new
+
+    def add_reported(self, payloads: list[dict[str, Any]]) -> None:
+        self.reported.extend(CheckRecord.from_payload(p) for p in payloads)
+
+    @property
+    def results(self) -> list[CheckRecord]:
+        """Every check of the run in collection order (whichever process ran it)."""
+        return sorted(self.reported, key=lambda r: r.order)
+
     # -- reports -----------------------------------------------------------------
 
-    def _model_info(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        if self._store is None:
-            return None, []
-        base, cands = None, []
-        for (role, *_), handle in self.store._handles.items():
-            try:
-                fp: str | None = handle.fingerprint
-            except ForgetguardError:
-                fp = None
-            info = {"spec": handle.label, "fingerprint": fp}
-            if role == "base":
-                base = info
-            elif role == "candidate":
-                cands.append(info)
-        return base, cands
+    def model_info(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The base and the candidates (SPEC and fingerprint) that the recorded checks compared."""
+        base: dict[str, Any] | None = None
+        cands: dict[str, dict[str, Any]] = {}
+        for rec in self.results:
+            base = base or rec.base_info
+            info = rec.candidate_info or {"spec": rec.candidate, "fingerprint": None}
+            if info["spec"] not in cands or cands[info["spec"]]["fingerprint"] is None:
+                cands[info["spec"]] = info
+        return base, list(cands.values())
 
     def write_reports(self) -> list[str]:
+        """Write the requested reports, and plots next to them; returns what was written."""
         written = []
-        base, cands = self._model_info()
+        records = self.results
+        base, cands = self.model_info()
+        targets = [p for p in (self.settings.report_json, self.settings.report_md) if p is not None]
+        plots: list[str] = []
+        if targets and records:
+            from .plots import plots_available, write_plots
+
+            if plots_available():
+                plots = [str(p) for p in write_plots(records, targets[0].parent, prefix=targets[0].stem)]
         if self.settings.report_json is not None:
-            write_json(self.settings.report_json, json_report(self.records, base, cands))
+            write_json(self.settings.report_json, json_report(records, base, cands))
             written.append(str(self.settings.report_json))
         if self.settings.report_md is not None:
-            write_atomic(self.settings.report_md, markdown_report(self.records, base))
+            text = markdown_report(records, base, plots=[os.path.basename(p) for p in plots])
+            write_atomic(self.settings.report_md, text)
             written.append(str(self.settings.report_md))
-        return written
+        return written + plots
 
 
 def run_check(fg: "Forgetguard", check: "CheckSpec") -> Any:

@@ -25,7 +25,7 @@ set +e
     --fg-candidate "../$OUT/candidates/nudged" \
     --fg-candidate "../$OUT/candidates/drifted" \
     --fg-candidate "../$OUT/candidates/lora-arith" \
-    --fg-report-json "../$OUT/report.json" --fg-report-md "../$OUT/report.md" -q)
+    --fg-report-json "../$OUT/report.json" --fg-report-md "../$OUT/report.md")
 set -e
 $PY - "$OUT/report.json" <<'PYEOF'
 import json, sys

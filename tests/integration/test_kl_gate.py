@@ -88,7 +88,7 @@ def test_json_report(project, tiny):
     )
     assert drift["value"] > 0.01
     md = project.path.joinpath("out/report.md").read_text()
-    assert md.startswith("## ❌ 1 of 2 forgetguard checks failed") and "weight drift of candidate" in md
+    assert md.startswith("## ❌ forgetguard: 1 of 2 checks failed") and "weight drift of candidate" in md
 
 
 def test_nan_candidate_never_passes(project, tiny):

@@ -71,6 +71,27 @@ def test_table_and_markdown():
     table = terminal_table(records)
     assert "task-kl" in table and "PASS" in table and "FAIL" in table and "0.02..0.04" in table
     md = markdown_report(records, {"spec": "b", "fingerprint": "f"})
-    assert md.startswith("## ❌ 1 of 2 forgetguard checks failed")
+    assert md.startswith("## ❌ forgetguard: 1 of 2 checks failed")
     assert "| task-kl |" in md and "KL budget exceeded" in md
     assert markdown_report([rec()], None).startswith("## ✅")
+
+
+def test_records_survive_the_trip_to_the_xdist_controller():
+    original = rec(value=float("nan"), details={"kl_quantiles": [0.0, 0.5]}, order=(3, 1))
+    original.base_info = {"spec": "b", "fingerprint": "f"}
+    copy = CheckRecord.from_payload(json.loads(json.dumps(original.to_payload())))
+    assert copy.to_json() == original.to_json() and copy.order == (3, 1) and copy.base_info == original.base_info
+    assert not copy.passed  # NaN stays a failure on the controller too
+
+
+def test_side_by_side_needs_two_candidates():
+    from pytest_forgetguard.report import side_by_side
+
+    one = [rec(), rec(name="w", kind="drift")]
+    assert side_by_side(one) is None
+    two = one + [rec(candidate="other", value=0.5, passed=False)]
+    headers, body, verdicts = side_by_side(two)
+    assert headers == ["check", "budget", "cand", "other"]
+    assert body[0] == ["task-kl", "0.05", "0.03 PASS", "0.5 FAIL"]
+    assert body[1] == ["w", "0.05", "0.03 PASS", "-"]  # not run for "other": not a pass
+    assert verdicts == ["FAIL", "FAIL", "FAIL"] and body[-1] == ["all checks", "", "2/2 passed", "0/1 passed"]

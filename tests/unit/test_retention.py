@@ -20,10 +20,10 @@ def tasks_dir(tmp_path):
     return write_tasks(tmp_path / "tasks")
 
 
-def make_fg(tiny, cand="candidate", cache=None, base="base"):
+def make_fg(tiny, cand="candidate", cache=None, base="base", record=None):
     store = ModelStore()
     b = store.get(str(tiny[base]), role="base")
-    return Forgetguard(b, store.get(str(tiny[cand]), base=b), cache=cache)
+    return Forgetguard(b, store.get(str(tiny[cand]), base=b), cache=cache, record=record)
 
 
 def lm_eval_reference(model_dir: Path, tasks_dir: Path, task: str) -> dict:
@@ -129,8 +129,7 @@ def test_unknown_task_and_metric(tiny, tasks_dir):
 
 def test_assert_retained_decides_and_records(tiny, tasks_dir):
     records = []
-    fg = make_fg(tiny)
-    fg._record = records.append
+    fg = make_fg(tiny, record=records.append)
     result = fg.retention("tiny_mc", include_path=tasks_dir)
     if result.drop > 0:
         with pytest.raises(AssertionError, match="capability forgotten by candidate"):
@@ -217,3 +216,29 @@ def test_empty_task_data_and_bad_limits_fail_clearly(tiny, tasks_dir):
             fg.retention("tiny_mc", include_path=tasks_dir, limit=bad)
     with pytest.raises(ValueError, match="num_fewshot must be an integer >= 0"):
         fg.retention("tiny_mc", include_path=tasks_dir, num_fewshot=-1)
+
+
+def test_vllm_backend_falls_back_to_hf_with_a_message(tiny, tasks_dir):
+    hf = make_fg(tiny).retention("tiny_mc", include_path=tasks_dir)
+    messages = []
+    fg = make_fg(tiny)
+    fg._warn = messages.append
+    fallback = fg.retention("tiny_mc", include_path=tasks_dir, backend="vllm")
+    assert messages and "retention backend vllm requested but vllm is not installed" in messages[0]
+    assert "HF backend instead" in messages[0]
+    assert (fallback.base_value, fallback.candidate_value, fallback.n) == (hf.base_value, hf.candidate_value, hf.n)
+    with pytest.raises(RetentionError, match="unknown retention backend 'tgi'; use one of hf, vllm"):
+        make_fg(tiny).retention("tiny_mc", include_path=tasks_dir, backend="tgi")
+
+
+def test_vllm_arguments_point_at_files(tiny, tmp_path):
+    from pytest_forgetguard.retention import vllm_arguments
+
+    store = ModelStore()
+    base = store.get(str(tiny["base"]), role="base")
+    args = vllm_arguments(store.get(str(tiny["candidate"]), base=base), batch_size=8, seed=3)
+    assert args["pretrained"] == str(tiny["candidate"]) and "lora_local_path" not in args
+    assert (args["dtype"], args["seed"], args["trust_remote_code"]) == ("float32", 3, False)
+    # A LoRA candidate: vLLM loads the base's files and applies the adapter as a LoRA request.
+    lora = vllm_arguments(store.get(str(tiny["lora"]), base=base), batch_size=8, seed=3)
+    assert (lora["pretrained"], lora["lora_local_path"]) == (str(tiny["base"]), str(tiny["lora"]))
