@@ -275,8 +275,11 @@ class ModelHandle:
 
     @property
     def device(self) -> "torch.device":
+        """Where inputs go: the store's device, or the input embeddings' device for a sharded model."""
         import torch
 
+        if self.store.device_map is not None and self._model is not None:
+            return self.raw_model.get_input_embeddings().weight.device  # type: ignore[no-any-return]
         return torch.device(self.store.device)
 
     def load(self) -> None:
@@ -313,8 +316,12 @@ class ModelStore:
         custom_loader: CustomLoader | None = None,
         warn: Callable[[str], None] | None = None,
         check_weights: bool = True,
+        device_map: str | None = None,
     ) -> None:
         self.device = device
+        # An accelerate device map ("sequential": fill the first GPU, spill onto the next ones) for
+        # models larger than one device; None loads each model whole onto ``device``.
+        self.device_map = device_map
         self.dtype = dtype
         self.cache_dir = cache_dir
         self.trust_remote_code = trust_remote_code
@@ -450,16 +457,22 @@ class ModelStore:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=self.trust_remote_code)
         except Exception as exc:
             raise ModelLoadError(f"could not load the tokenizer of {handle.spec.text!r}: {exc}") from exc
+        placement: dict[str, Any] = {}
+        if self.device_map is not None:
+            require("accelerate", "gguf")
+            placement["device_map"] = self.device_map
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 str(directory),
                 dtype=_torch_dtype(self.dtype),
                 trust_remote_code=self.trust_remote_code,
                 use_safetensors=True,
+                **placement,
             )
         except Exception as exc:
             raise ModelLoadError(f"could not load model {handle.spec.text!r}: {exc}") from exc
-        handle._model = model.to(torch.device(self.device))  # type: ignore[arg-type]
+        # A dispatched model is already where accelerate put it; moving it would undo the map.
+        handle._model = model if placement else model.to(torch.device(self.device))
         handle._tokenizer = tokenizer
         self._finish(handle)
 

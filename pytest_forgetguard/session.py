@@ -68,6 +68,7 @@ class ForgetguardSession:
             store = self._stores[device, dtype] = ModelStore(
                 device=device,
                 dtype=dtype,
+                device_map=self.settings.device_map(suite_device),
                 cache_dir=self.settings.cache_dir,
                 trust_remote_code=self.settings.trust_remote_code,
                 custom_loader=self._custom_loader,

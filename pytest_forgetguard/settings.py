@@ -69,6 +69,17 @@ class Settings:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def device_map(self, suite_device: str | None = None) -> str | None:
+        """``sequential`` when ``auto`` meets several GPUs: a model too large for one spills onto the next.
+
+        One GPU, an explicit device, or CPU: None (each model loads whole onto its device).
+        """
+        if (self.device or suite_device or "auto") != "auto":
+            return None
+        import torch
+
+        return "sequential" if torch.cuda.is_available() and torch.cuda.device_count() > 1 else None
+
     def resolved_dtype(self, device: str, suite_dtype: str | None = None) -> str:
         """The dtype: the option, else the suite file's; ``auto`` is float32 on CPU (exact), bfloat16 on CUDA.
 

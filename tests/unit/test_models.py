@@ -140,3 +140,25 @@ def test_adapter_whose_base_cannot_be_found(tiny, tmp_path, store):
         ModelLoadError, match="was trained on './gone/base-model', which is not the run's base and cannot be loaded"
     ):
         cand.load()
+
+
+def test_device_map_loading_gives_the_same_kl(tiny):
+    """The accelerate path for models larger than one device (``--fg-device auto`` on several GPUs).
+
+    On CPU accelerate places every layer on the CPU, which exercises the same loading code and the
+    input-device lookup; the KL must be the same as with plain loading.
+    """
+    from pytest_forgetguard.comparison import Forgetguard
+    from pytest_forgetguard.settings import Settings
+
+    prompts = [{"prompt": "The for statement", "response": " executes the suite."}]
+    results = []
+    for device_map in (None, "sequential"):
+        store = ModelStore(device="cpu", dtype="float32", device_map=device_map)
+        base = store.get(str(tiny["base"]), role="base")
+        fg = Forgetguard(base, store.get(str(tiny["candidate"]), base=base))
+        results.append(fg.kl(prompts, sample_from="dataset"))
+        assert str(base.device) == "cpu"  # where the inputs go: the input embeddings' device
+    assert results[0].value == results[1].value
+    # No GPU here: nothing to shard over, whatever the option says.
+    assert Settings(device="auto").device_map() is None and Settings(device="cpu").device_map() is None
