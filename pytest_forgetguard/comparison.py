@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import CapabilityForgotten, DriftExceeded, ForgetguardWarning, KLBudgetExceeded, PromptFileError
-from .kl import DIRECTIONS, METRICS, KLResult, TokenSequence, teacher_forced_kl
+from .kl import DIRECTIONS, METRICS, KLResult, PromptKL, TokenSequence, teacher_forced_kl
 from .prompts import PromptsLike, as_records, encode_prompt, encode_response
 from .records import CheckRecord
 
 if TYPE_CHECKING:
     from .cache import ResultCache
+    from .distributed import DataParallel
     from .drift import DriftResult
     from .models import ModelHandle
     from .retention import RetentionResult
@@ -63,6 +65,7 @@ class Forgetguard:
         default_name: str = "forgetguard",
         cache: "ResultCache | None" = None,
         warn: Callable[[str], None] | None = None,
+        parallel: "DataParallel | None" = None,
     ) -> None:
         self.base = base
         self.candidate = candidate
@@ -72,6 +75,8 @@ class Forgetguard:
         self.cache = cache
         self._warn = warn or _default_warn
         self._compatible: dict[bool, int] = {}
+        # Under torchrun: the ranks that share each KL check's prompts (None: this process scores all).
+        self.parallel = parallel
 
     def __repr__(self) -> str:
         return f"<Forgetguard base={self.base.label!r} candidate={self.candidate.label!r}>"
@@ -107,6 +112,16 @@ class Forgetguard:
         token ids are cached in ``cache``, keyed by the sampling model's
         fingerprint, the prompts and the sampling settings, so a rerun with
         an unchanged model generates nothing.
+
+        With ``parallel`` (a ``torchrun`` launch) each rank samples and scores
+        every ``world_size``-th prompt and the per-prompt values are gathered,
+        so every rank returns the result a single process would (to float
+        rounding), in prompt order.
+
+        Example::
+
+            result = forgetguard.kl("prompts.jsonl", sample_from="dataset")
+            result.value, result.ci_low, result.ci_high, result.worst(3)
         """
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -120,46 +135,93 @@ class Forgetguard:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
-        records = as_records(prompts)
-        if limit is not None:
-            records = records[:limit]
-        vocab = self._vocab(allow_vocab_mismatch)
-        tok = self.base.tokenizer
-        prompt_ids = [encode_prompt(tok, r) for r in records]
-        if sample_from == "dataset":
-            responses = [encode_response(tok, r) for r in records]
-        else:
-            from .generation import cached_sample_responses
+        parallel = self.parallel
+        rank, world = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
+        local: dict[str, Any] = {}  # what this process keeps: the tokenizer, and its own KLResult
 
-            source = self.base if sample_from == "base" else self.candidate
-            # Cached by the source model's fingerprint: a rerun with an unchanged base samples nothing.
-            responses = cached_sample_responses(
-                source,
-                prompt_ids,
-                max_new_tokens,
-                seed=self.seed,
-                temperature=temperature,
-                batch_size=max(batch_size, 16),
+        def measure() -> tuple[str, list[PromptKL]]:
+            # Every rank reads and encodes every prompt (cheap), so a bad line gives the same
+            # error as a single process, and the digest proves all ranks read the same prompts.
+            records = as_records(prompts)
+            if limit is not None:
+                records = records[:limit]
+            vocab = self._vocab(allow_vocab_mismatch)
+            tok = self.base.tokenizer
+            local["tokenizer"] = tok
+            prompt_ids = [encode_prompt(tok, r) for r in records]
+            fixed = [encode_response(tok, r) for r in records] if sample_from == "dataset" else None
+            digest = _token_digest(prompt_ids, fixed) if world > 1 else ""
+            mine = _shard_positions(len(records), rank, world)
+            if fixed is not None:
+                responses = [fixed[i] for i in mine]
+            else:
+                from .generation import cached_sample_responses
+
+                source = self.base if sample_from == "base" else self.candidate
+                # Cached by the source model's fingerprint: a rerun with an unchanged base samples nothing.
+                # Seeded per prompt: a shard's samples are the ones a single process draws for them.
+                responses = cached_sample_responses(
+                    source,
+                    [prompt_ids[i] for i in mine],
+                    max_new_tokens,
+                    seed=self.seed,
+                    temperature=temperature,
+                    batch_size=max(batch_size, 16),
+                    vocab=vocab,
+                    cache=self.cache,
+                )
+                empty = [records[i].index for i, resp in zip(mine, responses) if not resp]
+                if empty:
+                    raise PromptFileError(f"sampling gave empty responses for prompts {empty[:5]}")
+            seqs = [
+                TokenSequence(
+                    index=records[i].index, prompt_ids=prompt_ids[i], response_ids=resp, label=records[i].display()
+                )
+                for i, resp in zip(mine, responses)
+            ]
+            if not seqs and world > 1:  # more ranks than prompts: this rank has nothing to score
+                return digest, []
+            local["result"] = scored = teacher_forced_kl(
+                self.base,
+                self.candidate,
+                seqs,
+                direction=direction,
+                sample_from=sample_from,
+                batch_size=batch_size,
                 vocab=vocab,
-                cache=self.cache,
+                seed=self.seed,
+                decode=lambda i: tok.decode([i]),
             )
-            empty = [r.index for r, resp in zip(records, responses) if not resp]
-            if empty:
-                raise PromptFileError(f"sampling gave empty responses for prompts {empty[:5]}")
-        seqs = [
-            TokenSequence(index=r.index, prompt_ids=p, response_ids=resp, label=r.display())
-            for r, p, resp in zip(records, prompt_ids, responses)
-        ]
-        return teacher_forced_kl(
-            self.base,
-            self.candidate,
-            seqs,
+            # Only the per-prompt values travel: the KLResult's statistics are recomputed from all of them.
+            return digest, scored.prompts
+
+        if parallel is None:
+            measure()
+            result: KLResult = local["result"]
+            return result
+        what = (
+            f"kl({_describe_prompts(prompts)}, direction={direction}, sample_from={sample_from}, "
+            f"max_new_tokens={max_new_tokens}, temperature={temperature!r}, limit={limit}, "
+            f"base={self.base.label}, candidate={self.candidate.label})"
+        )
+        parts = parallel.exchange(what, measure, device=self.base.store.device)
+        digests = [digest for digest, _ in parts]
+        if len(set(digests)) > 1:
+            from .distributed import DistributedError
+
+            raise DistributedError(
+                f"ranks read different prompts for {what} (token digests {', '.join(d[:12] for d in digests)}): "
+                "every rank must see the same prompt file and tokenizer (on several nodes: the same files)"
+            )
+        from .distributed import unshard
+
+        tok = local["tokenizer"]
+        return KLResult(
             direction=direction,
             sample_from=sample_from,
-            batch_size=batch_size,
-            vocab=vocab,
-            seed=self.seed,
+            prompts=unshard([per_prompt for _, per_prompt in parts]),
             decode=lambda i: tok.decode([i]),
+            seed=self.seed,
         )
 
     def assert_kl_budget(
@@ -454,6 +516,29 @@ class Forgetguard:
         rec.settle(passed, error)
         rec.base_info, rec.candidate_info = _model_info(self.base), _model_info(self.candidate)
         self._sink(rec)
+
+
+def _shard_positions(n: int, rank: int, world: int) -> list[int]:
+    """Positions (in the prompt list) this rank samples and scores; all of them in a single process."""
+    from .distributed import shard
+
+    return shard(range(n), rank, world) if world > 1 else list(range(n))
+
+
+def _token_digest(prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]] | None) -> str:
+    """sha256 of the encoded prompts (and fixed responses): equal on ranks that read the same data."""
+    import hashlib
+    import json
+
+    blob = json.dumps([[list(map(int, p)) for p in prompt_ids], responses and [list(map(int, r)) for r in responses]])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _describe_prompts(prompts: PromptsLike) -> str:
+    """A short name for a prompt source, for messages about ranks out of step."""
+    if isinstance(prompts, (str, os.PathLike)):
+        return str(prompts)
+    return f"<{type(prompts).__name__} of {len(prompts)} prompts>" if hasattr(prompts, "__len__") else "<prompts>"
 
 
 def _model_info(handle: "ModelHandle") -> dict[str, Any]:

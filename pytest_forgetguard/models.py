@@ -472,7 +472,7 @@ class ModelStore:
         except Exception as exc:
             raise ModelLoadError(f"could not load model {handle.spec.text!r}: {exc}") from exc
         # A dispatched model is already where accelerate put it; moving it would undo the map.
-        handle._model = model if placement else model.to(torch.device(self.device))
+        handle._model = model if placement else model.to(torch.device(self.device))  # type: ignore[arg-type]
         handle._tokenizer = tokenizer
         self._finish(handle)
 

@@ -20,6 +20,7 @@ from .settings import SettingsError, resolve
 
 if TYPE_CHECKING:
     from .comparison import Forgetguard
+    from .distributed import DataParallel
     from .models import ModelHandle
 
 SESSION_KEY = pytest.StashKey[ForgetguardSession]()
@@ -91,6 +92,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's junitxml plugin reads --junitxml (see _launch)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "forgetguard: a forgetguard check (needs --forgetguard)")
     cli = {
@@ -121,14 +123,48 @@ def pytest_configure(config: pytest.Config) -> None:
     def load_model(spec: str, device: str, dtype: str) -> Any:
         return config.hook.pytest_forgetguard_load_model(spec=spec, device=device, dtype=dtype)
 
-    session = config.stash[SESSION_KEY] = ForgetguardSession(settings, custom_loader=load_model, warn=warn)
+    parallel = _launch(config) if settings.enabled else None
+    session = config.stash[SESSION_KEY] = ForgetguardSession(
+        settings, custom_loader=load_model, warn=warn, parallel=parallel
+    )
     config.pluginmanager.register(_RecordCollector(session), "forgetguard-records")
 
 
+def _launch(config: pytest.Config) -> "DataParallel | None":
+    """The torchrun / accelerate launch this process belongs to (a ``DataParallel``), or None.
+
+    Only the environment is read here: the process group starts with the first KL check.
+    """
+    from .distributed import DataParallel, DistributedError, Launch
+
+    try:
+        launch = Launch.from_environ(os.environ)
+    except DistributedError as exc:
+        raise pytest.UsageError(f"forgetguard: {exc}") from None
+    if launch is None:
+        return None
+    if _is_xdist_worker(config) or getattr(config.option, "dist", "no") != "no":
+        raise pytest.UsageError(
+            "forgetguard: pytest-xdist (-n) cannot run inside a torchrun launch: the ranks already share "
+            "each KL check's prompts; drop -n, or run without torchrun"
+        )
+    if launch.rank != 0:
+        # Every rank runs the same tests to the same outcomes; rank 0 writes the one JUnit file
+        # (several processes writing one path would interleave).
+        config.option.xmlpath = None
+    return DataParallel(launch)
+
+
+def _writes_reports(config: pytest.Config) -> bool:
+    """Only one process prints the summary and writes reports: not an xdist worker, not a rank other than 0."""
+    return not _is_xdist_worker(config) and config.stash[SESSION_KEY].writes_reports
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Show progress of model work on the terminal (not on xdist workers: nobody sees their output)."""
+    """Show progress of model work on the terminal (not on xdist workers or ranks other than 0: their
+    output is lost or repeats rank 0's)."""
     config = session.config
-    if not config.stash[SESSION_KEY].settings.enabled or _is_xdist_worker(config) or config.get_verbosity() < 0:
+    if not config.stash[SESSION_KEY].settings.enabled or not _writes_reports(config) or config.get_verbosity() < 0:
         return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -204,7 +240,7 @@ class _RecordCollector:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.reported or _is_xdist_worker(config):
+    if session is None or not session.reported or not _writes_reports(config):
         return
     from .report import terminal_lines
 
@@ -224,8 +260,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     # Reports are written by the terminal summary; with no terminal (or no
     # checks) make sure the requested files still exist.
-    if session is not None and session.settings.enabled and not session.reported and not _is_xdist_worker(config):
+    if session is not None and session.settings.enabled and not session.reported and _writes_reports(config):
         session.write_reports()
+    if session is not None and session.parallel is not None:
+        # Rank 0's summary and reports are out: flush them before the other ranks may exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            session.close()
+        except Exception as exc:  # the tests already show the failure; say why the ranks parted
+            sys.stderr.write(f"forgetguard: rank {session.parallel.rank}: {type(exc).__name__}: {exc}\n")
 
 
 def _session(request: pytest.FixtureRequest) -> ForgetguardSession:
@@ -265,4 +309,5 @@ def forgetguard(
         record=session.records.append,
         default_name=request.node.nodeid,
         cache=session.cache,
+        parallel=session.parallel,
     )

@@ -25,6 +25,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .cache import ResultCache
     from .comparison import Forgetguard
+    from .distributed import DataParallel
     from .models import CustomLoader, ModelHandle, ModelStore
     from .suite import CheckSpec
 
@@ -35,8 +36,11 @@ class ForgetguardSession:
         settings: Settings,
         custom_loader: "CustomLoader | None" = None,
         warn: Callable[[str], None] | None = None,
+        parallel: "DataParallel | None" = None,
     ) -> None:
         self.settings = settings
+        # Set under torchrun / accelerate launch: KL checks share their prompts between the ranks.
+        self.parallel = parallel
         self.records: list[CheckRecord] = []  # checks run in this process
         self.reported: list[CheckRecord] = []  # checks of the whole run, from test reports
         self._taken = 0
@@ -60,6 +64,8 @@ class ForgetguardSession:
             session.store_for("cpu", "float32").get("models/base", role="base")
         """
         device = self.settings.resolved_device(suite_device)
+        if self.parallel is not None:
+            device = self.parallel.launch.device_for(device)  # one GPU per rank: cuda -> cuda:LOCAL_RANK
         dtype = self.settings.resolved_dtype(device, suite_dtype)
         store = self._stores.get((device, dtype))
         if store is None:
@@ -147,6 +153,7 @@ class ForgetguardSession:
             default_name=name,
             cache=self.cache,
             warn=self._warn,
+            parallel=self.parallel,
         )
 
     def record_error(self, name: str, kind: str, candidate: str, exc: BaseException) -> None:
@@ -181,6 +188,19 @@ class ForgetguardSession:
         return sorted(self.reported, key=lambda r: r.order)
 
     # -- reports -----------------------------------------------------------------
+
+    @property
+    def writes_reports(self) -> bool:
+        """Whether this process prints the summary and writes the reports: rank 0 of a launch, or the only process.
+
+        Every rank reaches the same verdicts (KL checks share their results), so one set of reports is complete.
+        """
+        return self.parallel is None or self.parallel.rank == 0
+
+    def close(self) -> None:
+        """End of the run: release the process group this session created (under torchrun)."""
+        if self.parallel is not None:
+            self.parallel.close()
 
     def model_info(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The base and the candidates (SPEC and fingerprint) that the recorded checks compared."""
