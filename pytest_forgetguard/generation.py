@@ -143,8 +143,12 @@ def sample_responses(
     # Similar lengths share a batch: less padding, less wasted compute.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
+    from . import progress
+
+    handle.load()  # its own progress line
     dev = handle.device
-    with handle.active() as model, torch.no_grad():
+    label = f"sampling from {handle.role} {handle.label}"
+    with handle.active() as model, torch.no_grad(), progress.task(label, len(prompts), "prompts") as task:
         cache_name, keep = _forward_names(model)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
@@ -196,6 +200,7 @@ def sample_responses(
                     step_ids, step_pos = ids[:, -1:], positions[:, -1:]
             for r, i in enumerate(rows):
                 out[i] = responses[r]
+            task.advance(len(rows))
     return out
 
 

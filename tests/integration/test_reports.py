@@ -132,13 +132,22 @@ def test_table_rows_are_coloured_by_verdict(project):
 
 
 def test_progress_of_model_work_is_shown(project):
-    result = project.runpytest("--forgetguard", *candidate_args("counted://candidate"), "-k", "task-kl")
-    result.assert_outcomes(failed=1)
+    project.makepyfile(
+        test_sampled="""
+        def test_sampled(forgetguard):
+            forgetguard.kl("prompts.jsonl", sample_from="base", max_new_tokens=4)
+    """
+    )
+    # No cache: a cached sample would (rightly) skip the sampling step.
+    args = ("--forgetguard", "--fg-no-cache", *candidate_args("counted://candidate"))
+    result = project.runpytest(*args, "-k", "task-kl or sampled")
+    result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
             "forgetguard: loading base counted://base (* s)",
             "forgetguard: loading candidate counted://candidate (* s)",
             "forgetguard: scoring KL 4/4 prompts (* s)",
+            "forgetguard: sampling from base counted://base 4/4 prompts (* s)",
         ]
     )
     quiet = project.runpytest("--forgetguard", *candidate_args("counted://candidate"), "-k", "task-kl", "-q")
