@@ -140,7 +140,9 @@ def fingerprint_loaded(model: Any, tokenizer: Any) -> str:
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        h.update(config.to_json_string(use_diff=False).encode())
+        # Where the model was loaded from is not its content: the same weights give the same hash.
+        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

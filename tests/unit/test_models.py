@@ -162,3 +162,18 @@ def test_device_map_loading_gives_the_same_kl(tiny):
     assert results[0].value == results[1].value
     # No GPU here: nothing to shard over, whatever the option says.
     assert Settings(device="auto").device_map() is None and Settings(device="cpu").device_map() is None
+
+
+def test_fingerprint_of_a_loaded_model_is_its_content(tiny, tmp_path):
+    """Hook-loaded models: the same files in another directory hash the same; other weights do not."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_forgetguard.models import fingerprint_loaded
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny["base"], copy)
+
+    def fp(path):
+        return fingerprint_loaded(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+
+    assert fp(tiny["base"]) == fp(copy) != fp(tiny["candidate"])
