@@ -16,7 +16,8 @@ import jsonschema
 import pytest
 import yaml
 
-from pytest_forgetguard.suite import SCHEMA_FILE, SECTIONS, json_schema, load_suite, schema_table_markdown
+from pytest_forgetguard.schema import SCHEMA_FILE, SECTIONS, json_schema, schema_table_markdown
+from pytest_forgetguard.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
