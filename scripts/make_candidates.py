@@ -53,18 +53,19 @@ def write_data(data_dir):
     print(f"wrote {path}")
 
 
-def _prompt_ids(tok, messages):
+def prompt_ids(tok, messages):
+    """Token ids of a chat prompt with the generation prompt (the assistant turn opened)."""
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def _train_batch(tok, examples):
+def train_batch(tok, examples):
     """Right-padded input_ids/attention_mask/labels with the loss only on response tokens."""
     import torch
 
     rows = []
     for ex in examples:
-        p = _prompt_ids(tok, ex["messages"])
+        p = prompt_ids(tok, ex["messages"])
         r = tok(ex["response"] + tok.eos_token, add_special_tokens=False)["input_ids"]
         rows.append((p + r, [-100] * len(p) + r))
     width = max(len(ids) for ids, _ in rows)
@@ -79,7 +80,7 @@ def _accuracy(model, tok, examples):
     """Fraction of examples whose greedy answer contains the exact correct 'The answer is N.'."""
     import torch
 
-    prompts = [_prompt_ids(tok, ex["messages"]) for ex in examples]
+    prompts = [prompt_ids(tok, ex["messages"]) for ex in examples]
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -124,7 +125,7 @@ def make_lora_adapter(base_dir, out_dir, steps, seed):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     t0, losses = time.time(), []
     for step in range(steps):
-        ids, mask, labels = _train_batch(tok, train[step * 8 : (step + 1) * 8])
+        ids, mask, labels = train_batch(tok, train[step * 8 : (step + 1) * 8])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
@@ -140,11 +141,20 @@ def make_lora_adapter(base_dir, out_dir, steps, seed):
         flush=True,
     )
     print(f"[lora-arith] held-out accuracy after: {_accuracy(model, tok, heldout):.2f}", flush=True)
+    save_adapter(model, out_dir, base_dir)
+
+
+def save_adapter(model, out_dir, base_ref):
+    """Save a PEFT model's adapter to out_dir with ``base_model_name_or_path`` set to base_ref.
+
+    base_ref None leaves the base unnamed: forgetguard then takes the run's base (an adapter meant to
+    be copied to other machines must not carry this machine's absolute path).
+    """
     model.save_pretrained(out_dir, safe_serialization=True)
     cfg_path = Path(out_dir) / "adapter_config.json"
     conf = json.loads(cfg_path.read_text())
-    if conf.get("base_model_name_or_path") != base_dir:
-        conf["base_model_name_or_path"] = base_dir
+    if conf.get("base_model_name_or_path") != base_ref:
+        conf["base_model_name_or_path"] = base_ref
         cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
     (Path(out_dir) / "README.md").unlink(missing_ok=True)  # peft's auto model card; keep only the adapter
 

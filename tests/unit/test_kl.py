@@ -244,3 +244,100 @@ def test_bad_limit(tiny, store, limit):
     fg = fg_for(store, tiny["base"], tiny["candidate"])
     with pytest.raises(ValueError, match="limit must be a positive integer"):
         fg.kl(TEXTS, limit=limit)
+
+
+def _float64_kl(zb, zc):
+    """KL both ways from logits, in float64 numpy, straight from the definition."""
+    lp = zb.double().log_softmax(-1).numpy()
+    lq = zc.double().log_softmax(-1).numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p, q = np.exp(lp), np.exp(lq)
+        fwd = np.where(p > 0, p * (lp - lq), 0.0).sum(-1)
+        rev = np.where(q > 0, q * (lq - lp), 0.0).sum(-1)
+    return fwd, rev
+
+
+def _engine_kl(zb, zc):
+    import torch
+
+    from pytest_forgetguard.kl import _kl_logits, _Workspace
+
+    n = zb.shape[0]
+    fwd, rev = torch.empty(n), torch.empty(n)
+    tb, tc = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
+    _kl_logits(torch.stack([zb, zc]), fwd, rev, tb, tc, _Workspace())
+    return fwd.double().numpy(), rev.double().numpy(), tb, tc
+
+
+@pytest.mark.parametrize("vocab", [1000, 1536, 49152])
+def test_fused_kl_arithmetic_equals_the_definition(vocab):
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    zb = torch.randn(40, vocab, generator=gen) * 4
+    zc = zb + torch.randn(40, vocab, generator=gen) * 0.1
+    zc[3] = zb[3]  # identical rows: exactly zero, not round-off
+    zc[4] = zb[4] + 60.0  # a shift of all logits changes nothing
+    zc[5] = zb[5] * 0.0  # uniform candidate
+    fwd, rev, tb, tc = _engine_kl(zb, zc)
+    ref_f, ref_r = _float64_kl(zb, zc)
+    np.testing.assert_allclose(fwd, ref_f, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(rev, ref_r, rtol=1e-4, atol=1e-6)
+    assert fwd[3] == 0.0 and rev[3] == 0.0
+    assert torch.equal(tb, zb.argmax(-1)) and torch.equal(tc, zc.argmax(-1))
+
+
+def test_fused_kl_arithmetic_keeps_infinities_and_nans():
+    import torch
+
+    gen = torch.Generator().manual_seed(2)
+    zb = torch.randn(20, 1100, generator=gen)
+    zc = zb + 0.05
+    zc[1, 7] = float("-inf")  # the candidate rules out a token the base allows: forward KL is infinite
+    zb[2, 9] = float("-inf")  # and the other way round
+    zb[3, 0] = float("nan")
+    zc[4, 1099] = float("inf")
+    fwd, rev, _, _ = _engine_kl(zb, zc)
+    ref_f, ref_r = _float64_kl(zb, zc)
+    assert fwd[1] == float("inf") and np.isfinite(rev[1]) and rev[1] == pytest.approx(ref_r[1], rel=1e-4, abs=1e-6)
+    assert rev[2] == float("inf") and np.isfinite(fwd[2]) and fwd[2] == pytest.approx(ref_f[2], rel=1e-4, abs=1e-6)
+    assert np.isnan(fwd[3]) and np.isnan(rev[3]) and np.isnan(fwd[4]) and np.isnan(rev[4])
+    fine = [i for i in range(20) if i not in (1, 2, 3, 4)]
+    np.testing.assert_allclose(fwd[fine], ref_f[fine], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [7, 512, 1024, 1500])
+def test_row_max_is_argmax_first_maximum(width):
+    import torch
+
+    from pytest_forgetguard.kl import _row_max
+
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randint(0, 5, (2, 30, width), generator=gen).float()  # many ties
+    z[0, 0, -1] = 9.0  # the maximum in the last entry (a partial block when width % 512)
+    z[1, 1, 0] = 9.0
+    z[1, 1, width // 2] = 9.0  # a tie across blocks: the first wins
+    z[0, 2, 3] = float("nan")
+    top, peak = _row_max(z)
+    assert torch.equal(top, z.argmax(-1))
+    assert torch.equal(peak.squeeze(-1)[~z.isnan().any(-1)], z.amax(-1)[~z.isnan().any(-1)])
+    assert torch.isnan(peak[0, 2]).all()
+
+
+def test_head_fast_path_equals_the_module():
+    import torch
+
+    from pytest_forgetguard.kl import _project
+
+    gen = torch.Generator().manual_seed(4)
+    head = torch.nn.Linear(16, 300, bias=True)
+    states = torch.randn(5, 16, generator=gen)
+    with torch.no_grad():
+        want = head(states)
+        out = torch.empty(5, 200)
+        got = _project(head, states, 200, out)
+        assert got.data_ptr() == out.data_ptr(), "a plain float32 head writes into the buffer"
+        torch.testing.assert_close(got, want[:, :200])
+        # A hooked head (e.g. accelerate's offloading) runs as a module, hooks included.
+        head.register_forward_hook(lambda mod, inp, res: res * 2)
+        torch.testing.assert_close(_project(head, states, None, None), want * 2)

@@ -1,0 +1,162 @@
+"""experiments/rl_razor's reusable pieces: the task's reward, its data split, and the RL helpers.
+
+Fast (no training): the reward on hand-picked responses, the data files against their generator,
+and the shared-prompt sampling/log-prob code against a plain full forward pass on a tiny model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+RLR = Path(__file__).resolve().parents[2] / "experiments" / "rl_razor"
+sys.path.insert(0, str(RLR))
+import newtask  # noqa: E402
+
+DOC = {"a": 7, "b": 8, "op": "+", "answer": 15}
+
+
+def _reward(text: str, doc: dict = DOC) -> float:
+    return newtask.load_reward().reward(text, doc)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["15", " 15 ", "7 + 8 = 15", "The answer is 15.", "7 + 8 = 15. So the answer is 15.", "Adding 7 and 8 gives 15!"],
+)
+def test_reward_accepts_short_exact_answers(text: str) -> None:
+    assert _reward(text) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "empty"),
+        ("fifteen", "no number"),
+        ("16", "wrong number"),
+        ("14, 15", "listing candidates: 14 is neither an operand nor the answer"),
+        ("13 14 15", "listing candidates"),
+        ("15 or 16", "the last number is wrong"),
+        ("7 + 8 = 15 + 0", "the last number is wrong (and 0 is not allowed)"),
+        ("15.5", "a decimal is another number"),
+        ("7 + 8", "the answer is missing"),
+        (
+            "The sum of seven and eight, as anyone who has ever counted on their fingers will surely know, is 7 + 8 = 15",
+            "too long (> 100 chars)",
+        ),
+    ],
+)
+def test_reward_rejects_wrong_hacked_or_long_answers(text: str, why: str) -> None:
+    assert _reward(text) == 0.0, why
+
+
+def test_reward_is_what_lm_eval_scores() -> None:
+    module = newtask.load_reward()
+    assert module.process_results(DOC, ["7 + 8 = 15"]) == {"acc": 1.0}
+    assert module.process_results(DOC, ["16"]) == {"acc": 0.0}
+
+
+def test_operands_are_allowed_and_subtraction_has_no_sign() -> None:
+    doc = {"a": 9, "b": 4, "op": "-", "answer": 5}
+    assert _reward("9 - 4 = 5", doc) == 1.0
+    assert _reward("-5", doc) == 1.0  # a minus sign is not part of a number (answers are >= 0)
+    assert _reward("4", doc) == 0.0  # an operand alone is not the answer
+
+
+def test_split_is_fixed_disjoint_and_complete() -> None:
+    heldout, train = newtask.split()
+    assert (len(heldout), len(train)) == (newtask.N_HELDOUT, 160)
+    ids = [d["id"] for d in heldout + train]
+    assert len(set(ids)) == len(ids) == len(newtask.all_problems())
+    assert newtask.split() == (heldout, train)
+
+
+def test_committed_data_files_match_the_generator() -> None:
+    heldout, train = newtask.split()
+    assert newtask.read_jsonl(newtask.TASK_DATA) == heldout
+    kl = newtask.read_jsonl(newtask.KL_PROMPTS)
+    assert [r["messages"] for r in kl] == [newtask.messages(d) for d in heldout[: newtask.N_KL_PROMPTS]]
+    assert [r["id"] for r in newtask.read_jsonl(newtask.TRAIN_DATA)] == [d["id"] for d in train]
+
+
+def test_every_demonstration_earns_the_reward() -> None:
+    reward = newtask.load_reward().reward
+    assert all(reward(newtask.demonstration(d), d) == 1.0 for d in newtask.all_problems())
+
+
+@pytest.fixture
+def policy(tiny):
+    """The tiny random Llama with a LoRA adapter whose B matrices are nonzero (so it matters)."""
+    import common
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["base"])
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny["base"], dtype=torch.float32),
+        LoraConfig(task_type="CAUSAL_LM", **common.LORA),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return tok, model
+
+
+def _prompts(tok) -> list[list[int]]:
+    import common
+
+    # Different lengths, so left padding is exercised.
+    return [
+        common.make_candidates.prompt_ids(tok, [{"role": "user", "content": q}])
+        for q in ("1 + 2", "What is the sum of 3 and 4?", "x")
+    ]
+
+
+def test_shared_prompt_logprobs_equal_a_full_forward_pass(policy) -> None:
+    """The RL loss's log-probs (prompt KV cache shared by a group) and their gradients equal those of
+    a plain forward pass over each prompt + response alone."""
+    import common
+    import torch
+
+    tok, model = policy
+    prompts = _prompts(tok)
+    rolls = common.sample(model, tok, prompts, 2, 6, torch.Generator().manual_seed(0))
+    responses = [r.response + ([tok.eos_token_id] if r.ended else []) for r in rolls]
+    assert all(responses)
+    logp, mask = common.response_logprobs(model, tok, prompts, 2, responses)
+    assert mask.sum().item() == sum(map(len, responses))
+    logp.sum().backward()
+    shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    total = 0
+    for i, resp in enumerate(responses):
+        prompt = prompts[i // 2]
+        logits = model(input_ids=torch.tensor([prompt + resp])).logits[0, len(prompt) - 1 : -1]
+        ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(resp)[:, None])[:, 0]
+        torch.testing.assert_close(logp[i, : len(resp)], ref, atol=1e-4, rtol=1e-4)
+        total = total + ref.sum()
+    total.backward()
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(shared[name], p.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_sampling_is_seeded_and_bounded(policy) -> None:
+    import common
+    import torch
+
+    tok, model = policy
+    prompts = _prompts(tok)
+    a = common.sample(model, tok, prompts, 3, 5, torch.Generator().manual_seed(1))
+    b = common.sample(model, tok, prompts, 3, 5, torch.Generator().manual_seed(1))
+    assert [r.response for r in a] == [r.response for r in b]
+    assert len(a) == 9 and all(len(r.response) <= 5 for r in a)
+    assert all(r.ended or len(r.response) == 5 for r in a)  # a sample stops early only at EOS
+    assert all(tok.eos_token_id not in r.response for r in a)  # EOS ends a sample and is not part of it
