@@ -171,7 +171,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         from . import progress
 
         tty = config.get_terminal_writer().hasmarkup and sys.stdout.isatty()
-        config.stash[PROGRESS_KEY] = progress.set_sink(progress.TerminalProgress(reporter, tty=tty))
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        sink = progress.TerminalProgress(reporter, tty=tty, capture=capture)
+        config.stash[PROGRESS_KEY] = progress.set_sink(sink)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -92,8 +92,12 @@ class TerminalProgress:
     silent.
     """
 
-    def __init__(self, reporter: Any, tty: bool, interval: float = 0.5, log_interval: float = 30.0) -> None:
+    def __init__(
+        self, reporter: Any, tty: bool, interval: float = 0.5, log_interval: float = 30.0, capture: Any = None
+    ) -> None:
         self.reporter, self.tty = reporter, tty
+        # pytest's capture manager: output written during a test is captured unless capture is suspended.
+        self.capture = capture
         self.interval, self.log_interval = interval, log_interval
         self._last = 0.0
         self._open: str | None = None  # label of a line written with "\r" and no newline yet
@@ -107,6 +111,13 @@ class TerminalProgress:
             if not self.tty and now - max(self._last, now - event.elapsed) < self.log_interval:
                 return
         self._last = now
+        if self.capture is not None:
+            with self.capture.global_and_fixture_disabled():
+                self._write(event)
+        else:
+            self._write(event)
+
+    def _write(self, event: Event) -> None:
         text = _format(event)
         if self.tty:
             if self._open is None:

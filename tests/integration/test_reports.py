@@ -140,7 +140,8 @@ def test_progress_of_model_work_is_shown(project):
     )
     # No cache: a cached sample would (rightly) skip the sampling step.
     args = ("--forgetguard", "--fg-no-cache", *candidate_args("counted://candidate"))
-    result = project.runpytest(*args, "-k", "task-kl or sampled")
+    # A subprocess: pytest's capture of test output is on, as in a user's run.
+    result = project.runpytest_subprocess(*args, "-k", "task-kl or sampled")
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -150,7 +151,7 @@ def test_progress_of_model_work_is_shown(project):
             "forgetguard: sampling from base counted://base 4/4 prompts (* s)",
         ]
     )
-    quiet = project.runpytest("--forgetguard", *candidate_args("counted://candidate"), "-k", "task-kl", "-q")
+    quiet = project.runpytest_subprocess("--forgetguard", *candidate_args("counted://candidate"), "-k", "task-kl", "-q")
     assert "forgetguard: loading" not in quiet.stdout.str()
 
 
