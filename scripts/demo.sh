@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The main job: a real gate on a real model. Sets up .venv, converts SmolLM2-135M-Instruct from its
-# GGUF file (cached), builds three candidates from it (scripts/make_candidates.py: a LoRA adapter
-# fine-tuned on arithmetic, a lightly perturbed copy and a damaged copy), then runs the example
-# suites (new-task KL, weight drift, retention on the shipped probes) on all three and prints the
-# verdicts. Exits 0 when the gate behaves as expected: the near-identical candidate passes every
-# check and the damaged one fails.
+# GGUF file (cached), builds two candidates from it (scripts/make_candidates.py: a lightly perturbed
+# copy and a damaged copy), takes the two LoRA adapters of the RL's Razor experiment (committed in
+# experiments/rl_razor/adapters/: one fine-tuned on arithmetic by SFT, one by on-policy RL, at equal
+# new-task accuracy), then runs the example suites (new-task KL, weight drift, retention on the
+# shipped probes) on all four and prints each verdict with its reasons. Exits 0 when the gate
+# behaves as expected: the near-identical candidate passes every check and the damaged one fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -24,22 +25,35 @@ set +e
 (cd example_suites && ../$PY -m pytest -c pytest.ini --forgetguard --fg-base "$GGUF" \
     --fg-candidate "../$OUT/candidates/nudged" \
     --fg-candidate "../$OUT/candidates/drifted" \
-    --fg-candidate "../$OUT/candidates/lora-arith" \
+    --fg-candidate ../experiments/rl_razor/adapters/sft \
+    --fg-candidate ../experiments/rl_razor/adapters/rl \
     --fg-report-json "../$OUT/report.json" --fg-report-md "../$OUT/report.md")
 set -e
 $PY - "$OUT/report.json" <<'PYEOF'
 import json, sys
 checks = json.load(open(sys.argv[1]))["checks"]
-verdict, failed = {}, {}
+verdict, reasons = {}, {}
 for c in checks:
     name = c["candidate"].rstrip("/").rsplit("/", 1)[-1]
     verdict.setdefault(name, True)
     verdict[name] &= c["passed"]
-    if not c["passed"]:
-        failed.setdefault(name, []).append(c["name"])
+    if c["passed"]:
+        continue
+    if c.get("error"):
+        why = f"error: {c['error'].splitlines()[0]}"
+    elif c["kind"] == "retention":  # the drop (positive = worse) and its 95% CI against the allowance
+        d = c["details"]
+        lo, hi = d["drop_ci"]
+        why = (f"{c['metric']} {c['base_value']:.4g} -> {c['candidate_value']:.4g}, drop {d['drop']:+.4g} "
+               f"[{lo:+.3g}, {hi:+.3g}] > allowed {c['budget']:.3g} (gate: {d['gate']})")
+    else:
+        why = f"{c['metric']} {c['value']:.4g} > {c['budget']:.4g}"
+    reasons.setdefault(name, []).append(f"{c['name']}: {why}")
 print("\ndemo verdicts:")
 for name, ok in verdict.items():
-    print(f"  {name:12s} {'PASS' if ok else 'FAIL: ' + ', '.join(failed[name])}")
+    print(f"  {name:10s} {'PASS' if ok else 'FAIL'}")
+    for why in reasons.get(name, []):
+        print(f"      {why}")
 expected = verdict.get("nudged") is True and verdict.get("drifted") is False
 print("demo: the gate passed the near-identical candidate and failed the damaged one" if expected
       else "demo: UNEXPECTED verdicts")

@@ -1,11 +1,13 @@
 """Build demo/test candidate models derived from a base causal LM.
 
 Usage:
-    python scripts/make_candidates.py --base BASE_DIR --out OUT_DIR [--seed 0] [--steps N] [--force]
+    python scripts/make_candidates.py --base BASE_DIR --out OUT_DIR [--seed 0] [--force]
     python scripts/make_candidates.py --write-data [--data-dir DIR]
 
+The fine-tuned candidates (LoRA adapters trained by SFT and by RL) come from the RL's Razor experiment
+(experiments/rl_razor/, which imports the chat-prompt, SFT-batch and adapter-saving helpers below).
+
 Artifacts written into OUT_DIR:
-    lora-arith/  PEFT LoRA adapter briefly trained on chat-form arithmetic questions.
     drifted/     full copy of the base with Gaussian noise (0.02 * std) on every 2-D weight.
     nudged/      full copy of the base with Gaussian noise (0.002 * std) on every 2-D weight.
 Each artifact is built in a temp dir, gets a COMPLETE marker, then is renamed into place.
@@ -14,7 +16,6 @@ Each artifact is built in a temp dir, gets a COMPLETE marker, then is renamed in
 import argparse
 import json
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -22,7 +23,6 @@ from pathlib import Path
 
 HELDOUT_SEED = 424242  # seed for held-out questions (data file + eval); never used for training
 DATA_DIR = Path(__file__).resolve().parent.parent / "example_suites" / "data"
-ANSWER_RE = re.compile(r"The answer is (-?\d+)\.")
 
 
 def arith_examples(n, seed):
@@ -74,74 +74,6 @@ def train_batch(tok, examples):
     labels = torch.tensor([l + [-100] * (width - len(l)) for _, l in rows])
     mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in rows])
     return ids, mask, labels
-
-
-def _accuracy(model, tok, examples):
-    """Fraction of examples whose greedy answer contains the exact correct 'The answer is N.'."""
-    import torch
-
-    prompts = [prompt_ids(tok, ex["messages"]) for ex in examples]
-    width = max(map(len, prompts))
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id
-        )
-    texts = tok.batch_decode(out[:, width:], skip_special_tokens=True)
-    print(f"  e.g. {examples[0]['messages'][0]['content']!r} -> {texts[0]!r}", flush=True)
-    hits = 0
-    for ex, text in zip(examples, texts):
-        got = ANSWER_RE.search(text)
-        hits += bool(got) and got.group(1) == ANSWER_RE.search(ex["response"]).group(1)
-    return hits / len(examples)
-
-
-def make_lora_adapter(base_dir, out_dir, steps, seed):
-    """Train a LoRA adapter (r=8, alpha=16) on arithmetic chat examples and save it to out_dir."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base_dir = str(Path(base_dir).resolve())
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    heldout = arith_examples(20, HELDOUT_SEED)
-    held_qs = {ex["messages"][0]["content"] for ex in heldout}
-    train = [ex for ex in arith_examples(steps * 8 + 200, seed) if ex["messages"][0]["content"] not in held_qs]
-    print(f"[lora-arith] held-out accuracy before: {_accuracy(model, tok, heldout):.2f}", flush=True)
-
-    cfg = LoraConfig(
-        r=8,
-        lora_alpha=16,
-        lora_dropout=0.0,
-        task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-    )
-    model = get_peft_model(model, cfg)  # mutates the base model in place
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    t0, losses = time.time(), []
-    for step in range(steps):
-        ids, mask, labels = train_batch(tok, train[step * 8 : (step + 1) * 8])
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-        if step % 10 == 0 or step == steps - 1:
-            print(f"[lora-arith] step {step + 1}/{steps} loss {losses[-1]:.4f}", flush=True)
-    wall = time.time() - t0
-    tail = losses[-10:]
-    print(
-        f"[lora-arith] trained {steps} steps in {wall:.1f}s; final loss {losses[-1]:.4f} "
-        f"(mean of last {len(tail)}: {sum(tail) / len(tail):.4f})",
-        flush=True,
-    )
-    print(f"[lora-arith] held-out accuracy after: {_accuracy(model, tok, heldout):.2f}", flush=True)
-    save_adapter(model, out_dir, base_dir)
 
 
 def save_adapter(model, out_dir, base_ref):
@@ -204,7 +136,6 @@ def main():
     ap.add_argument("--base", help="base model directory")
     ap.add_argument("--out", help="output directory for the candidates")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=40, help="LoRA training steps (batch of 8)")
     ap.add_argument("--force", action="store_true", help="rebuild artifacts that already exist")
     ap.add_argument("--write-data", action="store_true", help="only write the prompt data files")
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where --write-data writes")
@@ -216,7 +147,6 @@ def main():
         ap.error("--base and --out are required (unless --write-data)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    build(out, "lora-arith", args.force, lambda d: make_lora_adapter(args.base, d, args.steps, args.seed))
     build(out, "drifted", args.force, lambda d: make_noisy_copy(args.base, d, 0.02, args.seed))
     build(out, "nudged", args.force, lambda d: make_noisy_copy(args.base, d, 0.002, args.seed))
 

@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--base", required=True, help="the base model directory (the one the candidates were trained on)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--force", action="store_true", help="measure again candidates that have results")
+    ap.add_argument("--only", action="append", help="measure only these runs (by name, e.g. rl-lr0.0005)")
+    ap.add_argument("--reverse", action="store_true", help="last candidate first (a second process can share the work)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     common.set_threads()
@@ -139,33 +141,38 @@ def main() -> None:
     store = ModelStore(device="cpu", dtype="float32", cache_dir=common.FG_CACHE / "models")
     base = store.get(str(Path(args.base).resolve()), role="base")
     cache = ResultCache(common.FG_CACHE, warn=lambda m: print(f"warning: {m}", flush=True))
-    for run in common.sweep(args.quick):
-        for step in run.save_at:
-            name = run.candidate(step)
-            out = results / f"{name}.json"
-            if out.exists() and not args.force:
-                print(f"[{name}] measured, skipping", flush=True)
-                continue
-            if not (cands / name / "COMPLETE").exists():
-                print(f"[{name}] not trained yet, skipping", flush=True)
-                continue
-            t0 = time.perf_counter()
-            cand = store.get(str(cands / name), base=base)
-            fg = Forgetguard(base, cand, seed=1234, cache=cache, warn=lambda m: print(f"warning: {m}", flush=True))
-            row = {"candidate": name, "method": run.method, "lr": run.lr, "step": step, "seed": run.seed, **measure(fg)}
-            row["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-            meta = json.loads((cands / name / "train_meta.json").read_text())
-            row["train_log_tail"] = meta["log"][-5:]
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(row, indent=1) + "\n")
-            tmp.replace(out)
-            print(
-                f"[{name}] acc {row['new_task']['accuracy']:.2f} (base {row['new_task']['base_accuracy']:.2f}) "
-                f"fwdKL {row['kl_forward']['per_token']:.4f} revKL {row['kl_reverse']['per_token']:.4f} "
-                f"drift {row['drift']['relative_l2']:.4f} forgetting {row['forgetting']['mean_relative_drop']:+.4f} "
-                f"({row['seconds']['total']:.0f}s)",
-                flush=True,
-            )
+    todo = [
+        (run, step)
+        for run in common.sweep(args.quick)
+        for step in run.save_at
+        if not args.only or run.name in args.only
+    ]
+    for run, step in reversed(todo) if args.reverse else todo:
+        name = run.candidate(step)
+        out = results / f"{name}.json"
+        if out.exists() and not args.force:
+            print(f"[{name}] measured, skipping", flush=True)
+            continue
+        if not (cands / name / "COMPLETE").exists():
+            print(f"[{name}] not trained yet, skipping", flush=True)
+            continue
+        t0 = time.perf_counter()
+        cand = store.get(str(cands / name), base=base)
+        fg = Forgetguard(base, cand, seed=1234, cache=cache, warn=lambda m: print(f"warning: {m}", flush=True))
+        row = {"candidate": name, "method": run.method, "lr": run.lr, "step": step, "seed": run.seed, **measure(fg)}
+        row["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+        meta = json.loads((cands / name / "train_meta.json").read_text())
+        row["train_log_tail"] = meta["log"][-5:]
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row, indent=1) + "\n")
+        tmp.replace(out)
+        print(
+            f"[{name}] acc {row['new_task']['accuracy']:.2f} (base {row['new_task']['base_accuracy']:.2f}) "
+            f"fwdKL {row['kl_forward']['per_token']:.4f} revKL {row['kl_reverse']['per_token']:.4f} "
+            f"drift {row['drift']['relative_l2']:.4f} forgetting {row['forgetting']['mean_relative_drop']:+.4f} "
+            f"({row['seconds']['total']:.0f}s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
 # measured ones (results/*.json) are skipped on a rerun; forgetguard caches the base's samples and
 # lm-eval results. Seeded throughout.
 #
-#   bash experiments/rl_razor/run.sh           # the full sweep: ~1.5 h on one core of a 2-core CPU
-#   bash experiments/rl_razor/run.sh --quick   # smoke run: two tiny candidates, ~10 min (first run)
+#   bash experiments/rl_razor/run.sh           # the full sweep: ~80 min of one core (longer on a loaded machine)
+#   bash experiments/rl_razor/run.sh --quick   # smoke run: two tiny candidates, ~15 min (first run)
 #
 # PYTHON (default .venv/bin/python, created by scripts/setup.sh) picks the interpreter.
 set -euo pipefail
