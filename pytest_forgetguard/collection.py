@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .errors import CheckFailed, ForgetguardError, SuiteError
+from .records import candidate_id
 from .suite import CheckSpec, Suite, load_suite
 
 
@@ -62,13 +63,6 @@ class SuiteFile(pytest.File):
                     "in your pytest configuration or fix its name"
                 ) from None
         return out
-
-
-def candidate_id(spec: str | None) -> str:
-    """A short, readable id for a candidate SPEC (its last path component)."""
-    if not spec:
-        return "none"
-    return spec.rstrip("/").rsplit("/", 1)[-1] or spec
 
 
 class CheckItem(pytest.Item):

@@ -190,7 +190,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = metafunc.config.stash[SESSION_KEY]
     specs = session.candidate_specs()
     if session.settings.enabled and len(specs) > 1 and "candidate_model" in metafunc.fixturenames:
-        from .collection import candidate_id
+        from .records import candidate_id
 
         ids = [candidate_id(s) for s in specs]
         metafunc.parametrize("candidate_model", specs, indirect=True, scope="session", ids=ids)

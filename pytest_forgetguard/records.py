@@ -21,6 +21,13 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
+def candidate_id(spec: str | None) -> str:
+    """A short, readable id for a candidate SPEC: its last path component (``runs/ckpt-400`` -> ``ckpt-400``)."""
+    if not spec:
+        return "none"
+    return spec.rstrip("/").rsplit("/", 1)[-1] or spec
+
+
 def _clean(x: Any) -> Any:
     """NaN/inf are not JSON: report them as strings so they are visible, not null."""
     if isinstance(x, float) and not math.isfinite(x):

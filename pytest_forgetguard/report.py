@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import SCHEMA_VERSION, CheckRecord
+from .records import SCHEMA_VERSION, CheckRecord, candidate_id
 
 HEADERS = ("check", "candidate", "metric", "base", "value", "delta", "budget", "95% CI", "n", "p", "verdict")
 
@@ -83,6 +83,13 @@ def candidates_of(records: Sequence[CheckRecord]) -> list[str]:
     return list(dict.fromkeys(r.candidate for r in records))
 
 
+def column_labels(cands: Sequence[str]) -> list[str]:
+    """Column headers for candidates: the short ids of their test items (``task-kl[ckpt-400]``) when
+    those tell them apart, else the full SPECs."""
+    short = [candidate_id(c) for c in cands]
+    return short if len(set(short)) == len(short) else list(cands)
+
+
 def side_by_side(
     records: Sequence[CheckRecord],
 ) -> tuple[list[str], list[list[str]], list[str]] | None:
@@ -110,7 +117,7 @@ def side_by_side(
         totals.append(f"{sum(r.passed for r in mine)}/{len(mine)} passed")
     body.append(totals)
     verdicts.append("PASS" if all(r.passed for r in records) else "FAIL")
-    return ["check", "budget", *cands], body, verdicts
+    return ["check", "budget", *column_labels(cands)], body, verdicts
 
 
 def json_report(

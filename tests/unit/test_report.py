@@ -84,6 +84,13 @@ def test_records_survive_the_trip_to_the_xdist_controller():
     assert not copy.passed  # NaN stays a failure on the controller too
 
 
+def test_side_by_side_columns_are_short_ids_unless_they_collide():
+    from pytest_forgetguard.report import column_labels
+
+    assert column_labels(["runs/a/ckpt-1", "runs/a/ckpt-2/"]) == ["ckpt-1", "ckpt-2"]
+    assert column_labels(["x/ckpt", "y/ckpt"]) == ["x/ckpt", "y/ckpt"]  # ambiguous: full SPECs
+
+
 def test_side_by_side_needs_two_candidates():
     from pytest_forgetguard.report import side_by_side
 
