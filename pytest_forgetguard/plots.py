@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from .errors import MissingDependencyError
-from .records import CheckRecord
+from .records import CheckRecord, column_labels
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -184,6 +184,12 @@ def _colors(records: Sequence[CheckRecord]) -> dict[str, str]:
     return out
 
 
+def _names(records: Sequence[CheckRecord]) -> dict[str, str]:
+    """Each candidate's label: its short id, as in the test ids and the side-by-side table."""
+    cands = list(dict.fromkeys(r.candidate for r in records))
+    return dict(zip(cands, column_labels(cands)))
+
+
 def _text(s: str, width: int | None = None) -> str:
     """Text safe for matplotlib: ``$`` would start mathtext; long SPECs keep their informative tail."""
     if width is not None and len(s) > width:
@@ -242,7 +248,7 @@ def kl_figure(records: Sequence[CheckRecord]) -> "Figure | None":
     if not panels:
         return None
     series = {id(r): k for r, k in usable}
-    colors = _colors(records)
+    colors, names = _colors(records), _names(records)
     fig = _new_figure(9.0, 3.8 * len(panels))
     axes: list[Axes] = list(fig.subplots(len(panels), 1, squeeze=False)[:, 0])
     for ax, ((name, metric, budget), recs) in zip(axes, panels.items()):
@@ -250,7 +256,7 @@ def kl_figure(records: Sequence[CheckRecord]) -> "Figure | None":
         for rec in recs:
             k = series[id(rec)]
             n = len(k.quantiles)
-            label = _text(rec.candidate, LABEL_WIDTH)
+            label = _text(names[rec.candidate], LABEL_WIDTH)
             color = colors[rec.candidate]
             ax.plot(
                 [100.0 * i / (n - 1) for i in range(n)],
@@ -307,7 +313,7 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
     if not panels:
         return None
     drops = {id(r): d for r, d in usable}
-    colors = _colors(records)
+    colors, names = _colors(records), _names(records)
     heights = [len(recs) + 1.5 for recs in panels.values()]
     fig = _new_figure(9.0, 0.45 * sum(heights) + 1.2 * len(panels))
     axes: list[Axes] = list(fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0])
@@ -367,7 +373,7 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
                         color=color,
                     )
         ax.axvline(0.0, color="#444444", linewidth=1.0, gid=_gid("retention-zero"))
-        ax.set_yticks(range(len(recs)), [f"{_text(r.candidate, LABEL_WIDTH)} ({r.verdict})" for r in recs])
+        ax.set_yticks(range(len(recs)), [f"{_text(names[r.candidate], LABEL_WIDTH)} ({r.verdict})" for r in recs])
         ax.set_ylim(len(recs) - 0.5, -0.5)  # first candidate on top, as in the tables
         hib = recs[0].details.get("higher_is_better", True)
         ax.set_title(_text(f"{name}: {metric} ({'higher' if hib else 'lower'} is better)"))

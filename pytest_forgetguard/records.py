@@ -28,6 +28,13 @@ def candidate_id(spec: str | None) -> str:
     return spec.rstrip("/").rsplit("/", 1)[-1] or spec
 
 
+def column_labels(cands: list[str]) -> list[str]:
+    """Names for candidates in tables and plots: the short ids of their test items
+    (``task-kl[ckpt-400]``) when those tell them apart, else the full SPECs."""
+    short = [candidate_id(c) for c in cands]
+    return short if len(set(short)) == len(short) else list(cands)
+
+
 def _clean(x: Any) -> Any:
     """NaN/inf are not JSON: report them as strings so they are visible, not null."""
     if isinstance(x, float) and not math.isfinite(x):

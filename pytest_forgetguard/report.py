@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import SCHEMA_VERSION, CheckRecord, candidate_id
+from .records import SCHEMA_VERSION, CheckRecord, column_labels
 
 HEADERS = ("check", "candidate", "metric", "base", "value", "delta", "budget", "95% CI", "n", "p", "verdict")
 
@@ -81,13 +81,6 @@ def terminal_lines(records: Sequence[CheckRecord]) -> list[tuple[str, str | None
 
 def candidates_of(records: Sequence[CheckRecord]) -> list[str]:
     return list(dict.fromkeys(r.candidate for r in records))
-
-
-def column_labels(cands: Sequence[str]) -> list[str]:
-    """Column headers for candidates: the short ids of their test items (``task-kl[ckpt-400]``) when
-    those tell them apart, else the full SPECs."""
-    short = [candidate_id(c) for c in cands]
-    return short if len(set(short)) == len(short) else list(cands)
 
 
 def side_by_side(

@@ -297,6 +297,14 @@ def test_errored_retention_records_are_left_out(mpl, retained):
     assert not artists(fig, "retention-drop", errored.candidate)
 
 
+def test_candidates_are_named_by_their_short_ids(mpl, retained):
+    # As in the test ids and the side-by-side table: long paths would crowd out the panel.
+    recs = [retained(c, result_of(0.7, 0.7, -0.01, 0.01), max_drop=0.02) for c in ("twin", "candidate")]
+    assert all("/" in r.candidate for r in recs)  # the records keep the full paths
+    labels = [t.get_text() for t in retention_figure(recs).axes[0].get_yticklabels()]
+    assert labels == ["twin (PASS)", "candidate (PASS)"]
+
+
 # -- writing PNGs ----------------------------------------------------------------------
 
 

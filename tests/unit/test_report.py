@@ -85,7 +85,7 @@ def test_records_survive_the_trip_to_the_xdist_controller():
 
 
 def test_side_by_side_columns_are_short_ids_unless_they_collide():
-    from pytest_forgetguard.report import column_labels
+    from pytest_forgetguard.records import column_labels
 
     assert column_labels(["runs/a/ckpt-1", "runs/a/ckpt-2/"]) == ["ckpt-1", "ckpt-2"]
     assert column_labels(["x/ckpt", "y/ckpt"]) == ["x/ckpt", "y/ckpt"]  # ambiguous: full SPECs
