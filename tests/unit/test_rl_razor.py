@@ -160,3 +160,25 @@ def test_sampling_is_seeded_and_bounded(policy) -> None:
     assert len(a) == 9 and all(len(r.response) <= 5 for r in a)
     assert all(r.ended or len(r.response) == 5 for r in a)  # a sample stops early only at EOS
     assert all(tok.eos_token_id not in r.response for r in a)  # EOS ends a sample and is not part of it
+
+
+def test_committed_demo_adapters_are_the_measured_pair() -> None:
+    """The README's demo candidates: portable LoRA adapters, the SFT/RL pair of common.DEMO, measured at
+    equal new-task accuracy (analyze.demo_pair refuses a pair more than 0.05 apart)."""
+    import json
+
+    import analyze
+    import common
+    from safetensors import safe_open
+
+    sft, rl = analyze.demo_pair(analyze.load(common.results_dir(quick=False)))
+    assert (sft["method"], rl["method"]) == ("sft", "rl")
+    assert sft["new_task"]["accuracy"] > sft["new_task"]["base_accuracy"] + 0.1  # both learned the task
+    assert rl["new_task"]["accuracy"] > rl["new_task"]["base_accuracy"] + 0.1
+    for kind in ("sft", "rl"):
+        folder = RLR / "adapters" / kind
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] is None  # no machine's path: the run's base is used
+        assert config["r"] == common.LORA["r"] and set(config["target_modules"]) == set(common.LORA["target_modules"])
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
+            assert len(list(f.keys())) == 30 * 2 * 2  # 30 layers x (q, v) x (A, B)
