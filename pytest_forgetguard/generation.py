@@ -80,7 +80,7 @@ class _RowSampler:
         return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
 
 
-def _forward_names(model: Any) -> tuple[str, dict[str, int]]:
+def forward_names(model: Any) -> tuple[str, dict[str, int]]:
     """The KV-cache argument's name, and the "last position's logits only" option, of ``model.forward``.
 
     Both were renamed across transformers versions (``past_key_values`` ->
@@ -149,7 +149,7 @@ def sample_responses(
     dev = handle.device
     label = f"sampling from {handle.role} {handle.label}"
     with handle.active() as model, torch.no_grad(), progress.task(label, len(prompts), "prompts") as task:
-        cache_name, keep = _forward_names(model)
+        cache_name, keep = forward_names(model)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             width = max(len(prompts[i]) for i in rows)

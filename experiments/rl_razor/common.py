@@ -7,7 +7,6 @@ scripts/make_candidates.py rather than copied.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -19,6 +18,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 import make_candidates  # noqa: E402  (scripts/ is not a package)
+
+from pytest_forgetguard.generation import forward_names  # noqa: E402  (KV-cache argument names)
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +62,7 @@ class Run:
         return f"{self.name}-s{step}"
 
 
-# The sweep: 10 candidates, about an hour of one CPU core to train and measure. SFT: three learning
+# The sweep: 10 candidates, 1-1.5 hours of one CPU core to train and measure. SFT: three learning
 # rates, two checkpoints each. RL: GRPO-style policy gradient without a KL penalty (as in RL's Razor),
 # two learning rates, two checkpoints each (an RL step samples 64 responses: ~20 s against ~2.5 s for
 # an SFT step). Chosen so that the two methods overlap in new-task accuracy: the paper compares them
@@ -124,15 +125,6 @@ def run_done(run: Run, out: Path) -> bool:
     return all((out / run.candidate(s) / "COMPLETE").exists() for s in run.save_at)
 
 
-def _forward_kwargs(model: Any) -> tuple[str, dict[str, int]]:
-    """The KV-cache argument's name (``cache`` since transformers 5.2x) and logits_to_keep support."""
-    raw = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = set(inspect.signature(raw.forward).parameters)
-    return ("cache" if "cache" in params else "past_key_values"), (
-        {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    )
-
-
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
     import torch
 
@@ -157,11 +149,11 @@ def _prefill(model: Any, tok: Any, prompts: list[list[int]], group: int) -> tupl
     predict each sample's first token [N, V], the cache, the attention mask [N, W] and the position of
     the last prompt token [N, 1].
     """
-    cache_name, _ = _forward_kwargs(model)
+    cache_name, keep = forward_names(model)
     ids, mask = left_pad(prompts, tok.pad_token_id)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
-    o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = o.cache if cache_name == "cache" else o.past_key_values
+    o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
+    cache = getattr(o, cache_name)
     cache.batch_repeat_interleave(group)
     return (
         o.logits[:, -1].repeat_interleave(group, dim=0),
@@ -183,7 +175,7 @@ def sample(
     """
     import torch
 
-    cache_name, keep = _forward_kwargs(model)
+    cache_name, keep = forward_names(model)
     eos = tok.eos_token_id
     n = len(prompts) * group
     out: list[list[int]] = [[] for _ in range(n)]
@@ -224,7 +216,7 @@ def response_logprobs(
     """
     import torch
 
-    cache_name, _ = _forward_kwargs(model)
+    cache_name, _ = forward_names(model)
     first, cache, pmask, last = _prefill(model, tok, prompts, group)
     width = max(map(len, responses))
     rid = torch.tensor([list(r) + [tok.pad_token_id] * (width - len(r)) for r in responses])
