@@ -30,8 +30,17 @@ set +e
     --fg-report-json "../$OUT/report.json" --fg-report-md "../$OUT/report.md")
 set -e
 $PY - "$OUT/report.json" <<'PYEOF'
-import json, sys
-checks = json.load(open(sys.argv[1]))["checks"]
+import json, pathlib, sys
+report = pathlib.Path(sys.argv[1])
+if not report.is_file():
+    sys.exit(f"demo: pytest wrote no report ({report}); its output above says why")
+checks = json.loads(report.read_text())["checks"]
+
+
+def num(x, fmt=".4g"):
+    return format(x, fmt) if isinstance(x, (int, float)) else str(x)  # the report writes NaN/inf as text
+
+
 verdict, reasons = {}, {}
 for c in checks:
     name = c["candidate"].rstrip("/").rsplit("/", 1)[-1]
@@ -44,10 +53,10 @@ for c in checks:
     elif c["kind"] == "retention":  # the drop (positive = worse) and its 95% CI against the allowance
         d = c["details"]
         lo, hi = d["drop_ci"]
-        why = (f"{c['metric']} {c['base_value']:.4g} -> {c['candidate_value']:.4g}, drop {d['drop']:+.4g} "
-               f"[{lo:+.3g}, {hi:+.3g}] > allowed {c['budget']:.3g} (gate: {d['gate']})")
+        why = (f"{c['metric']} {num(c['base_value'])} -> {num(c['candidate_value'])}, drop {num(d['drop'], '+.4g')} "
+               f"[{num(lo, '+.3g')}, {num(hi, '+.3g')}] > allowed {num(c['budget'], '.3g')} (gate: {d['gate']})")
     else:
-        why = f"{c['metric']} {c['value']:.4g} > {c['budget']:.4g}"
+        why = f"{c['metric']} {num(c['value'])} > {num(c['budget'])}"
     reasons.setdefault(name, []).append(f"{c['name']}: {why}")
 print("\ndemo verdicts:")
 for name, ok in verdict.items():

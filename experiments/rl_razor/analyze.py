@@ -76,6 +76,8 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, n_boot: int = 5000) -> dict
             return float("nan")
         return float(np.corrcoef(xs, ys)[0, 1] ** 2)  # = 1 - SS_res/SS_tot for OLS with an intercept
 
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise SystemExit(f"non-finite values in a fit (x = {x.tolist()}, y = {y.tolist()}): check results/*.json")
     b, a = np.polyfit(x, y, 1)
     rng = np.random.default_rng(seed)
     boots = [v for v in (r2(x[i], y[i]) for i in rng.integers(0, len(x), (n_boot, len(x)))) if np.isfinite(v)]
@@ -195,7 +197,7 @@ def demo_pair(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any
         raise SystemExit(f"demo candidates not measured yet: {missing}")
     sft, rl = by_name[common.DEMO["sft"]], by_name[common.DEMO["rl"]]
     gap = abs(sft["new_task"]["accuracy"] - rl["new_task"]["accuracy"])
-    if gap > 0.05:
+    if not gap <= 0.05:  # NaN fails too
         raise SystemExit(f"demo pair differs by {gap:.2f} in new-task accuracy; pick another pair in common.DEMO")
     return sft, rl
 

@@ -182,3 +182,18 @@ def test_committed_demo_adapters_are_the_measured_pair() -> None:
         assert config["r"] == common.LORA["r"] and set(config["target_modules"]) == set(common.LORA["target_modules"])
         with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
             assert len(list(f.keys())) == 30 * 2 * 2  # 30 layers x (q, v) x (A, B)
+
+
+def test_a_nan_never_passes_the_analysis() -> None:
+    import analyze
+    import common
+    import numpy as np
+
+    rows = [
+        {"candidate": common.DEMO["sft"], "new_task": {"accuracy": 0.77}},
+        {"candidate": common.DEMO["rl"], "new_task": {"accuracy": float("nan")}},
+    ]
+    with pytest.raises(SystemExit, match="differs by nan"):
+        analyze.demo_pair(rows)
+    with pytest.raises(SystemExit, match="non-finite"):
+        analyze.fit(np.array([0.1, float("nan"), 0.3]), np.array([1.0, 2.0, 3.0]))
