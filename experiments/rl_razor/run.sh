@@ -6,7 +6,7 @@
 # measured ones (results/*.json) are skipped on a rerun; forgetguard caches the base's samples and
 # lm-eval results. Seeded throughout.
 #
-#   bash experiments/rl_razor/run.sh           # the full sweep: ~80 min of one core (longer on a loaded machine)
+#   bash experiments/rl_razor/run.sh           # the full sweep: 1-1.5 h of one core (training ~35 min, 3-6 min per candidate measured)
 #   bash experiments/rl_razor/run.sh --quick   # smoke run: two tiny candidates, ~15 min (first run)
 #
 # PYTHON (default .venv/bin/python, created by scripts/setup.sh) picks the interpreter.
