@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .files import write_atomic
 
 CACHE_SCHEMA = 1
 
@@ -99,15 +99,7 @@ class ResultCache:
             return
         path = self._path(namespace, key)
         entry = {"schema": CACHE_SCHEMA, "key": key, "meta": meta or {}, "payload": payload}
-        tmp: str | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(entry, fh)
-            os.replace(tmp, path)
-        except OSError as exc:
+            write_atomic(path, json.dumps(entry, allow_nan=False))
+        except (OSError, ValueError) as exc:  # ValueError: a NaN in the payload, which JSON cannot hold
             self.warn(f"forgetguard could not write cache entry {path} ({exc}); it will be recomputed next run")
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)

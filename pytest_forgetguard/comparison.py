@@ -21,9 +21,17 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import CapabilityForgotten, DriftExceeded, ForgetguardWarning, KLBudgetExceeded, PromptFileError
+from . import context
+from .errors import (
+    CapabilityForgotten,
+    DriftExceeded,
+    ForgetguardError,
+    KLBudgetExceeded,
+    PromptFileError,
+    TokenizerMismatchError,
+)
 from .kl import DIRECTIONS, METRICS, KLResult, PromptKL, TokenSequence, teacher_forced_kl
-from .prompts import PromptsLike, as_records, encode_prompt, encode_response
+from .prompts import PromptRecord, PromptsLike, as_records, encode_prompt, encode_response
 from .records import CheckRecord
 
 if TYPE_CHECKING:
@@ -41,12 +49,6 @@ def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
     return float(value)
-
-
-def _default_warn(message: str) -> None:
-    import warnings
-
-    warnings.warn(message, ForgetguardWarning, stacklevel=3)
 
 
 class Forgetguard:
@@ -73,8 +75,9 @@ class Forgetguard:
         self._sink = record or (lambda rec: None)
         self.default_name = default_name
         self.cache = cache
-        self._warn = warn or _default_warn
+        self._warn = warn or context.warn
         self._compatible: dict[bool, int] = {}
+        self._recorded: set[int] = set()  # ids of the records already handed to ``record``
         # Under torchrun: the ranks that share each KL check's prompts (None: this process scores all).
         self.parallel = parallel
 
@@ -87,8 +90,62 @@ class Forgetguard:
         from .models import check_compatible
 
         if allow_vocab_mismatch not in self._compatible:
-            self._compatible[allow_vocab_mismatch] = check_compatible(self.base, self.candidate, allow_vocab_mismatch)
+            try:
+                vocab = check_compatible(self.base, self.candidate, allow_vocab_mismatch)
+            except TokenizerMismatchError as exc:
+                # No option makes this pair comparable: the candidate is unusable for every later check.
+                raise self.candidate.fail(exc) from None
+            self._compatible[allow_vocab_mismatch] = vocab
         return self._compatible[allow_vocab_mismatch]
+
+    def _context_window_check(
+        self, records: Sequence[PromptRecord], prompt_ids: list[list[int]], responses: list[int], sampled: bool
+    ) -> None:
+        """Every sequence must fit both models' context windows: a truncated one is not the one asked about.
+
+        The models read the prompt and every response token but the last (which is only predicted).
+        """
+        from .models import context_window
+
+        for handle in (self.base, self.candidate):
+            window = context_window(handle)
+            if window is None:
+                continue
+            for rec, ids, more in zip(records, prompt_ids, responses):
+                if len(ids) + more - 1 > window:
+                    raise PromptFileError(
+                        f"{rec.where} is {len(ids)} tokens, + {more} response tokens = {len(ids) + more}, more than "
+                        f"the context window of {handle.role} {handle.label!r} ({window} tokens): shorten the "
+                        "prompt" + (" or lower max_new_tokens" if sampled else " or its response")
+                    )
+
+    @contextlib.contextmanager
+    def _measuring(self) -> Iterator[None]:
+        """Measurements called directly (``fg.kl(...)`` in a test) run as a check named after the test."""
+        if context.current_check() is not None:
+            yield
+            return
+        with context.running_check(self.default_name):
+            self._model_notices()
+            yield
+
+    def _model_notices(self) -> None:
+        """Warnings every check of this pair carries: a candidate identical to its base, adapter notices."""
+        cand = self.candidate
+        try:
+            same = cand.spec.kind != "peft" and self.base.fingerprint == cand.fingerprint  # base first: load order
+        except ForgetguardError:
+            same = False  # the check itself will say what is wrong with the model
+        if same:
+            message = (
+                f"candidate {cand.label!r} is identical to the base {self.base.label!r} (same fingerprint "
+                f"{cand.fingerprint}): every check passes trivially; is this the model you meant to test?"
+            )
+            if message not in cand.notices:
+                cand.notices.append(message)
+                self._warn(message)
+        for message in cand.notices:
+            context.note(message)
 
     def kl(
         self,
@@ -135,6 +192,22 @@ class Forgetguard:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        with self._measuring():
+            return self._kl(
+                prompts, direction, sample_from, max_new_tokens, temperature, batch_size, limit, allow_vocab_mismatch
+            )
+
+    def _kl(
+        self,
+        prompts: PromptsLike,
+        direction: str,
+        sample_from: str,
+        max_new_tokens: int,
+        temperature: float,
+        batch_size: int,
+        limit: int | None,
+        allow_vocab_mismatch: bool,
+    ) -> KLResult:
         parallel = self.parallel
         rank, world = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
         local: dict[str, Any] = {}  # what this process keeps: the tokenizer, and its own KLResult
@@ -150,6 +223,8 @@ class Forgetguard:
             local["tokenizer"] = tok
             prompt_ids = [encode_prompt(tok, r) for r in records]
             fixed = [encode_response(tok, r) for r in records] if sample_from == "dataset" else None
+            lengths = [len(f) for f in fixed] if fixed is not None else [max_new_tokens] * len(records)
+            self._context_window_check(records, prompt_ids, lengths, sampled=fixed is None)
             digest = _token_digest(prompt_ids, fixed) if world > 1 else ""
             mine = _shard_positions(len(records), rank, world)
             if fixed is not None:
@@ -170,9 +245,9 @@ class Forgetguard:
                     vocab=vocab,
                     cache=self.cache,
                 )
-                empty = [records[i].index for i, resp in zip(mine, responses) if not resp]
+                empty = [records[i].where for i, resp in zip(mine, responses) if not resp]
                 if empty:
-                    raise PromptFileError(f"sampling gave empty responses for prompts {empty[:5]}")
+                    raise PromptFileError(f"sampling gave empty responses for {', '.join(empty[:5])}")
             seqs = [
                 TokenSequence(
                     index=records[i].index, prompt_ids=prompt_ids[i], response_ids=resp, label=records[i].display()
@@ -204,7 +279,7 @@ class Forgetguard:
             f"max_new_tokens={max_new_tokens}, temperature={temperature!r}, limit={limit}, "
             f"base={self.base.label}, candidate={self.candidate.label})"
         )
-        parts = parallel.exchange(what, measure, device=self.base.store.device)
+        parts = self._exchange(what, measure)
         digests = [digest for digest, _ in parts]
         if len(set(digests)) > 1:
             from .distributed import DistributedError
@@ -223,6 +298,33 @@ class Forgetguard:
             decode=lambda i: tok.decode([i]),
             seed=self.seed,
         )
+
+    def _exchange(self, what: str, measure: Callable[[], Any]) -> list[Any]:
+        """``parallel.exchange``, keeping the ranks in agreement on which models are unusable."""
+        from .distributed import UNUSABLE_ATTR
+
+        parallel = self.parallel
+        if parallel is None:
+            raise RuntimeError("_exchange is for a torchrun launch only")
+        roles = {"base": self.base, "candidate": self.candidate}
+
+        def marked() -> Any:
+            try:
+                return measure()
+            except Exception as exc:
+                setattr(exc, UNUSABLE_ATTR, tuple(r for r, h in roles.items() if h.failure is not None))
+                raise
+
+        try:
+            return parallel.exchange(what, marked, device=self.base.store.device)
+        except Exception as exc:
+            # Another rank found a model broken: it is as unusable here (ForgetguardErrors only; others
+            # become a DistributedError naming them, and mark nothing).
+            if isinstance(exc, ForgetguardError):
+                for role in getattr(exc, UNUSABLE_ATTR, ()):
+                    if roles[role].failure is None:
+                        roles[role].fail(exc)
+            raise
 
     def assert_kl_budget(
         self,
@@ -245,50 +347,60 @@ class Forgetguard:
             metric=METRICS.get(direction, str(direction)),
             budget=budget,
         )
-        with self._errors_recorded(rec):
+        with self._check(rec):
             result = self.kl(prompts, **kl_options)
-        result.budget = budget
-        rec.value, rec.ci_low, rec.ci_high, rec.n = result.value, result.ci_low, result.ci_high, result.n_prompts
-        rec.details = {
-            "n_tokens": result.n_tokens,
-            "sample_from": result.sample_from,
-            "kl_forward_mean": result.forward_mean,
-            "kl_reverse_mean": result.reverse_mean,
-            "median": result.median,
-            "p90": result.p90,
-            "p99": result.p99,
-            "max": result.max,
-            "top1_agreement": result.top1_agreement,
-            # The per-token KL distribution (0th..100th percentile) for plots: a fixed 101 numbers
-            # whatever the token count, rounded to 6 significant digits to keep JSON short.
-            "kl_quantiles": [float(f"{q:.6g}") for q in result.quantiles(101)],
-        }
-        passed = result.finite and result.value <= budget
-        message = None
-        if not passed:
-            margin = result.value - budget
-            message = (
-                f"KL budget exceeded for candidate {self.candidate.label!r} vs base {self.base.label!r}:\n"
-                f"  {result.metric} = {result.value:.6g} nats/token > budget {budget:g} "
-                f"(over by {margin:.4g}{f', {100 * margin / budget:.0f}%' if budget else ''})\n"
-                f"  95% CI {result.ci_low:.4g}..{result.ci_high:.4g}, n = {result.n_prompts} prompts, "
-                f"{result.n_tokens} response tokens\n"
-                f"  {result.summary()}\n"
-                f"  prompts where the models disagree most:\n{result.format_worst()}"
-            )
-            rec.details["message"] = message
-        self._finish(rec, passed=passed)
-        if message is not None:
-            raise KLBudgetExceeded(message, result)
-        return result
+            result.budget = budget
+            rec.value, rec.ci_low, rec.ci_high, rec.n = result.value, result.ci_low, result.ci_high, result.n_prompts
+            rec.details = {
+                "n_tokens": result.n_tokens,
+                "sample_from": result.sample_from,
+                "kl_forward_mean": result.forward_mean,
+                "kl_reverse_mean": result.reverse_mean,
+                "median": result.median,
+                "p90": result.p90,
+                "p99": result.p99,
+                "max": result.max,
+                "top1_agreement": result.top1_agreement,
+                # The per-token KL distribution (0th..100th percentile) for plots: a fixed 101 numbers
+                # whatever the token count, rounded to 6 significant digits to keep JSON short.
+                "kl_quantiles": [float(f"{q:.6g}") for q in result.quantiles(101)],
+            }
+            passed = result.finite and result.value <= budget
+            message = None
+            if not passed:
+                margin = result.value - budget
+                message = (
+                    f"KL budget exceeded for candidate {self.candidate.label!r} vs base {self.base.label!r}:\n"
+                    f"  {result.metric} = {result.value:.6g} nats/token > budget {budget:g} "
+                    f"(over by {margin:.4g}{f', {100 * margin / budget:.0f}%' if budget else ''})\n"
+                    f"  95% CI {result.ci_low:.4g}..{result.ci_high:.4g}, n = {result.n_prompts} prompts, "
+                    f"{result.n_tokens} response tokens\n"
+                    f"  {result.summary()}\n"
+                    f"  prompts where the models disagree most:\n{result.format_worst()}"
+                )
+                rec.details["message"] = message
+            self._finish(rec, passed=passed)
+            if message is not None:
+                raise KLBudgetExceeded(message, result)
+            return result
 
     # -- drift -----------------------------------------------------------------
 
     def drift(self, tolerance: float = 1e-5) -> "DriftResult":
         """Weight change of the candidate relative to the base (see :mod:`.drift`)."""
         from .drift import weight_drift
+        from .models import tokenizer_difference
 
-        return weight_drift(self.base, self.candidate, tolerance=_check_number("tolerance", tolerance))
+        tolerance = _check_number("tolerance", tolerance)
+        with self._measuring():
+            result = weight_drift(self.base, self.candidate, tolerance=tolerance)
+            differ = tokenizer_difference(self.base, self.candidate)
+            if differ is not None:
+                self._warn(
+                    f"{differ}: the weights were compared, but the two models do not read text the same way "
+                    "(a KL or retention check of this pair would say more)"
+                )
+            return result
 
     def assert_drift(
         self,
@@ -315,31 +427,31 @@ class Forgetguard:
             metric=metric,
             budget=limits[metric],
         )
-        with self._errors_recorded(rec):
+        with self._check(rec):
             result = self.drift(tolerance)
-        values = {"relative_l2": result.relative_l2, "changed_fraction": result.changed_fraction}
-        rec.value, rec.n = values[metric], result.n_params
-        rec.details = {**values, "tolerance": tolerance, "n_tensors": result.n_tensors}
-        over = [
-            f"{k} = {values[k]:.6g} > {limit:g}"
-            for k, limit in limits.items()
-            if limit is not None and not (math.isfinite(values[k]) and values[k] <= limit)
-        ]
-        message = None
-        if over:
-            worst = "\n".join(
-                f"    {l.name}: relative L2 {l.relative_l2:.4g}, {100 * l.changed_fraction:.1f}% changed"
-                for l in result.worst_layers(5)
-            )
-            message = (
-                f"weight drift of candidate {self.candidate.label!r} exceeds its limit: {'; '.join(over)}\n"
-                f"  {result.summary()}\n  layers that moved most:\n{worst}"
-            )
-            rec.details["message"] = message
-        self._finish(rec, passed=not over)
-        if message is not None:
-            raise DriftExceeded(message, result)
-        return result
+            values = {"relative_l2": result.relative_l2, "changed_fraction": result.changed_fraction}
+            rec.value, rec.n = values[metric], result.n_params
+            rec.details = {**values, "tolerance": tolerance, "n_tensors": result.n_tensors}
+            over = [
+                f"{k} = {values[k]:.6g} > {limit:g}"
+                for k, limit in limits.items()
+                if limit is not None and not (math.isfinite(values[k]) and values[k] <= limit)
+            ]
+            message = None
+            if over:
+                worst = "\n".join(
+                    f"    {l.name}: relative L2 {l.relative_l2:.4g}, {100 * l.changed_fraction:.1f}% changed"
+                    for l in result.worst_layers(5)
+                )
+                message = (
+                    f"weight drift of candidate {self.candidate.label!r} exceeds its limit: {'; '.join(over)}\n"
+                    f"  {result.summary()}\n  layers that moved most:\n{worst}"
+                )
+                rec.details["message"] = message
+            self._finish(rec, passed=not over)
+            if message is not None:
+                raise DriftExceeded(message, result)
+            return result
 
     # -- retention -------------------------------------------------------------
 
@@ -365,17 +477,41 @@ class Forgetguard:
         changed. ``backend="vllm"`` runs lm-eval's vLLM backend (CUDA, ``vllm``
         installed; otherwise a warning and the HF backend).
         """
-        from .retention import compare, evaluate, lm_eval_aggregation
 
         names = [task] if isinstance(task, str) else list(task)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
-            raise ValueError(f"limit must be a positive number of items (or a fraction in (0, 1]), got {limit!r}")
+        if limit is not None and (
+            isinstance(limit, bool)
+            or not isinstance(limit, (int, float))
+            or not (0 < limit <= 1 or (limit > 1 and float(limit).is_integer()))
+        ):
+            raise ValueError(
+                f"limit must be a positive number of items: a whole number (>= 1) or a fraction in (0, 1], got {limit!r}"
+            )
         if num_fewshot is not None and (
             isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0
         ):
             raise ValueError(f"num_fewshot must be an integer >= 0, got {num_fewshot!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        with self._measuring():
+            return self._retention(
+                names, metric, include_path, num_fewshot, limit, filter, batch_size, apply_chat_template, backend
+            )
+
+    def _retention(
+        self,
+        names: list[str],
+        metric: str | None,
+        include_path: Any,
+        num_fewshot: int | None,
+        limit: int | float | None,
+        filter: str | None,  # noqa: A002
+        batch_size: int,
+        apply_chat_template: bool,
+        backend: str,
+    ) -> "RetentionResult":
+        from .retention import compare, evaluate, lm_eval_aggregation
+
         self._vocab(False)
         options = dict(
             include_path=include_path,
@@ -431,89 +567,103 @@ class Forgetguard:
             candidate=self.candidate.label,
             metric=str(retention_options.get("metric") or "-"),
         )
-        with self._errors_recorded(rec):
+        with self._check(rec):
             result = self.retention(task, **retention_options)
-        allowance = allowance_for(result.base_value, max_drop, max_drop_relative)
-        result.allowance, result.gate = allowance, gate
-        passed = gate_passes(result, allowance, gate)
-        lo, hi = result.drop_ci
-        rec.metric = result.metric
-        rec.value, rec.base_value, rec.candidate_value, rec.delta = (
-            result.candidate_value,
-            result.base_value,
-            result.candidate_value,
-            result.delta,
-        )
-        rec.budget, rec.ci_low, rec.ci_high, rec.n = allowance, result.ci_low, result.ci_high, result.n
-        rec.p_value = result.p_value
-        rec.details = {
-            "tasks": list(result.tasks),
-            "gate": gate,
-            "drop": result.drop,
-            "drop_ci": [lo, hi],
-            # How the allowance (``budget``) was derived, so a plot or reader can say "5% of base".
-            "max_drop": max_drop,
-            "max_drop_relative": max_drop_relative,
-            "higher_is_better": result.higher_is_better,
-            "p_value": result.p_value,
-            "base_cached": result.base_cached,
-            "lost": result.lost,
-            "gained": result.gained,
-            "per_task": [vars(t) for t in result.per_task],
-        }
-        width = hi - lo
-        underpowered = None
-        if width > allowance:
-            needed = math.ceil(result.n * (width / allowance) ** 2) if allowance > 0 else None
-            rec.details["underpowered"] = True
-            underpowered = (
-                f"retention check {rec.name!r} is underpowered: its 95% CI of the drop is {width:.3g} wide, "
-                f"wider than the allowance {allowance:.3g}"
-                + (f"; about {needed} items would be needed (it has {result.n})" if needed else "")
+            allowance = allowance_for(result.base_value, max_drop, max_drop_relative)
+            result.allowance, result.gate = allowance, gate
+            passed = gate_passes(result, allowance, gate)
+            lo, hi = result.drop_ci
+            rec.metric = result.metric
+            rec.value, rec.base_value, rec.candidate_value, rec.delta = (
+                result.candidate_value,
+                result.base_value,
+                result.candidate_value,
+                result.delta,
             )
-        message = None
-        if not passed:
-            flips = "\n".join(
-                f"    [{f.task} #{f.doc_id}] ...{f.prompt[-120:]!r} -> right {f.target!r}; base said "
-                f"{f.base_answer!r}, candidate said {f.candidate_answer!r}"
-                for f in result.flipped
-            )
-            per_task = "\n".join(
-                f"    {t.task}: {t.base_value:.4g} -> {t.candidate_value:.4g} ({t.n} items)" for t in result.per_task
-            )
-            message = (
-                f"capability forgotten by candidate {self.candidate.label!r} (gate: {gate}):\n"
-                f"  {result.summary()}\n"
-                f"  drop {result.drop:+.4g} (95% CI {lo:+.4g}..{hi:+.4g}) vs allowed {allowance:.4g}\n"
-                + (f"  per task:\n{per_task}\n" if len(result.per_task) > 1 else "")
-                + (
-                    f"  items the base got right and the candidate got wrong (first {len(result.flipped)}):\n{flips}"
-                    if flips
-                    else ""
+            rec.budget, rec.ci_low, rec.ci_high, rec.n = allowance, result.ci_low, result.ci_high, result.n
+            rec.p_value = result.p_value
+            rec.details = {
+                "tasks": list(result.tasks),
+                "gate": gate,
+                "drop": result.drop,
+                "drop_ci": [lo, hi],
+                # How the allowance (``budget``) was derived, so a plot or reader can say "5% of base".
+                "max_drop": max_drop,
+                "max_drop_relative": max_drop_relative,
+                "higher_is_better": result.higher_is_better,
+                "p_value": result.p_value,
+                "base_cached": result.base_cached,
+                "lost": result.lost,
+                "gained": result.gained,
+                "per_task": [vars(t) for t in result.per_task],
+            }
+            width = hi - lo
+            underpowered = None
+            if width > allowance:
+                needed = math.ceil(result.n * (width / allowance) ** 2) if allowance > 0 else None
+                rec.details["underpowered"] = True
+                underpowered = (
+                    f"retention check {rec.name!r} is underpowered: its 95% CI of the drop is {width:.3g} wide, "
+                    f"wider than the allowance {allowance:.3g}"
+                    + (f"; about {needed} items would be needed (it has {result.n})" if needed else "")
                 )
-                + (f"\n  note: {underpowered}" if underpowered else "")
-            )
-            rec.details["message"] = message
-        self._finish(rec, passed=passed)
-        if message is not None:
-            raise CapabilityForgotten(message, result)
-        if underpowered:
-            # After recording: a warnings-as-errors setting must not lose the check's record.
-            self._warn(underpowered)
-        return result
+            message = None
+            if not passed:
+                flips = "\n".join(
+                    f"    [{f.task} #{f.doc_id}] ...{f.prompt[-120:]!r} -> right {f.target!r}; base said "
+                    f"{f.base_answer!r}, candidate said {f.candidate_answer!r}"
+                    for f in result.flipped
+                )
+                per_task = "\n".join(
+                    f"    {t.task}: {t.base_value:.4g} -> {t.candidate_value:.4g} ({t.n} items)"
+                    for t in result.per_task
+                )
+                message = (
+                    f"capability forgotten by candidate {self.candidate.label!r} (gate: {gate}):\n"
+                    f"  {result.summary()}\n"
+                    f"  drop {result.drop:+.4g} (95% CI {lo:+.4g}..{hi:+.4g}) vs allowed {allowance:.4g}\n"
+                    + (f"  per task:\n{per_task}\n" if len(result.per_task) > 1 else "")
+                    + (
+                        f"  items the base got right and the candidate got wrong (first {len(result.flipped)}):\n{flips}"
+                        if flips
+                        else ""
+                    )
+                    + (f"\n  note: {underpowered}" if underpowered else "")
+                )
+                rec.details["message"] = message
+            if underpowered:
+                context.note(underpowered)
+            self._finish(rec, passed=passed)
+            if message is not None:
+                raise CapabilityForgotten(message, result)
+            if underpowered:
+                # After recording: a warnings-as-errors setting must not lose the check's record.
+                self._warn(underpowered)
+            return result
 
     @contextlib.contextmanager
-    def _errors_recorded(self, rec: CheckRecord) -> Iterator[None]:
-        """A check that cannot measure is recorded as an error, then the exception goes on."""
+    def _check(self, rec: CheckRecord) -> Iterator[None]:
+        """Run one check: named (for the errors of models it breaks), its warnings into its record,
+        both models usable (a model that failed an earlier check fails this one the same way), and a
+        check that cannot measure recorded as an error before the exception goes on."""
         __tracebackhide__ = True
-        try:
-            yield
-        except Exception as exc:
-            self._finish(rec, error=f"{type(exc).__name__}: {exc}")
-            raise
+        with context.running_check(rec.name):
+            try:
+                self._model_notices()
+                self.base.ensure_usable()
+                self.candidate.ensure_usable()
+                yield
+            except Exception as exc:
+                if id(rec) not in self._recorded:  # a failure, or a warning turned error after it, is recorded
+                    self._finish(rec, error=f"{type(exc).__name__}: {exc}")
+                raise
 
     def _finish(self, rec: CheckRecord, passed: bool = False, error: str | None = None) -> None:
+        self._recorded.add(id(rec))
         rec.settle(passed, error)
+        notes = context.current_notes()
+        if notes:
+            rec.details["warnings"] = notes
         rec.base_info, rec.candidate_info = _model_info(self.base), _model_info(self.candidate)
         self._sink(rec)
 

@@ -154,6 +154,10 @@ def unshard(shards: Sequence[Sequence[T]]) -> list[T]:
     return out
 
 
+# An exception attribute: the roles of the models a failed computation found unusable.
+UNUSABLE_ATTR = "forgetguard_unusable"
+
+
 @dataclass(frozen=True)
 class RankFailure:
     """What a failing rank tells the others: enough to raise an equivalent error there."""
@@ -162,10 +166,19 @@ class RankFailure:
     module: str
     name: str
     message: str
+    # Roles of the models the failing rank found unusable ("base", "candidate"): every rank marks
+    # them too, so the ranks agree on every later check.
+    unusable: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, exc: BaseException, rank: int) -> "RankFailure":
-        return cls(rank=rank, module=type(exc).__module__, name=type(exc).__qualname__, message=str(exc))
+        return cls(
+            rank=rank,
+            module=type(exc).__module__,
+            name=type(exc).__qualname__,
+            message=str(exc),
+            unusable=tuple(getattr(exc, UNUSABLE_ATTR, ())),
+        )
 
     def rebuild(self, world_size: int) -> Exception:
         """The error to raise on a rank that did not fail itself.
@@ -180,12 +193,14 @@ class RankFailure:
         where = f"rank {self.rank} of {world_size}"
         home = {"builtins": builtins, errors.__name__: errors}.get(self.module)
         cls = getattr(home, self.name, None) if home is not None else None
+        rebuilt: Exception = DistributedError(f"{where} failed: {self.name}: {self.message}")
         if isinstance(cls, type) and issubclass(cls, Exception):
             try:
-                return cls(f"{where}: {self.message}")
+                rebuilt = cls(f"{where}: {self.message}")
             except Exception:  # a constructor that wants other arguments
                 pass
-        return DistributedError(f"{where} failed: {self.name}: {self.message}")
+        setattr(rebuilt, UNUSABLE_ATTR, self.unusable)
+        return rebuilt
 
 
 class DataParallel:

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,8 +133,12 @@ def weight_drift(base: "ModelHandle", candidate: "ModelHandle", tolerance: float
             d = wc.double().to(wb.device) - wb.double()
             d2, b2 = float((d * d).sum()), float(wb.double().pow(2).sum())
             n_changed = int((d.abs() > tolerance).sum())
-            if not (d2 == d2 and d2 != float("inf")):
-                raise NonFiniteError(f"weight drift of {name} is NaN/inf: the candidate has non-finite weights")
+            if not (math.isfinite(d2) and math.isfinite(b2)):
+                # Only reachable with the load-time weight checks off: the model at fault is unusable after.
+                culprit = base if not math.isfinite(b2) else candidate
+                raise culprit.fail(
+                    NonFiniteError(f"weight drift of {name} is NaN/inf: the {culprit.role} has non-finite weights")
+                )
             acc = per_layer.setdefault(_layer_of(name), [0.0, 0.0, 0, 0])
             acc[0] += d2
             acc[1] += b2

@@ -20,6 +20,10 @@ class IncompatibleModelsError(ForgetguardError):
     """Base and candidate cannot be compared (tokenizer or vocabulary differ)."""
 
 
+class TokenizerMismatchError(IncompatibleModelsError):
+    """The two tokenizers map some id to different tokens: no option makes the models comparable."""
+
+
 class NonFiniteError(ForgetguardError):
     """A NaN or infinity in weights, logits or a result: never averaged away."""
 

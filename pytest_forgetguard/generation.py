@@ -61,7 +61,10 @@ class _RowSampler:
     the same tokens on every device (CUDA generators draw other numbers).
     """
 
-    def __init__(self, generators: list["torch.Generator"], temperature: float, vocab: int | None) -> None:
+    def __init__(
+        self, handle: "ModelHandle", generators: list["torch.Generator"], temperature: float, vocab: int | None
+    ) -> None:
+        self.handle = handle
         self.generators = generators
         self.temperature = temperature
         self.vocab = vocab
@@ -76,7 +79,12 @@ class _RowSampler:
         if not bool(torch.isfinite(probs).all()):
             from .errors import NonFiniteError
 
-            raise NonFiniteError("NaN/inf in the sampling model's next-token distribution")
+            raise self.handle.fail(
+                NonFiniteError(
+                    f"{self.handle.role} {self.handle.label!r} gave a NaN/inf next-token distribution while "
+                    "sampling: its outputs are not finite, so nothing can be sampled from it"
+                )
+            )
         return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
 
 
@@ -164,7 +172,7 @@ def sample_responses(
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             ids, mask, positions = ids.to(dev), mask.to(dev), positions.to(dev)
             sampler = _RowSampler(
-                [torch.Generator().manual_seed(prompt_seed(seed, prompts[i])) for i in rows], temperature, vocab
+                handle, [torch.Generator().manual_seed(prompt_seed(seed, prompts[i])) for i in rows], temperature, vocab
             )
             responses: list[list[int]] = [[] for _ in rows]
             done = [False] * len(rows)

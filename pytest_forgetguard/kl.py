@@ -279,6 +279,21 @@ class _Scorer:
                 out = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             return out[rows, cols]
 
+    def first_non_finite(self, states: "torch.Tensor") -> int | None:
+        """The first position whose hidden state (or logits, in fallback mode) is NaN/inf; None when all are finite.
+
+        A sum first, a full scan only when it is not finite. A -inf logit
+        rules a token out and is allowed (it gives an infinite KL instead);
+        NaN or +inf never is.
+        """
+        import torch
+
+        if bool(torch.isfinite(states.sum(dtype=torch.float32))):
+            return None
+        bad = torch.isnan(states) | (torch.isinf(states) if self.split else torch.isposinf(states))
+        rows = bad.any(-1).nonzero()
+        return int(rows[0, 0]) if rows.numel() else None
+
     def width(self, vocab: int | None) -> int | None:
         """How many logits :meth:`logits` gives per position, where known before computing them."""
         if vocab is not None:
@@ -404,6 +419,19 @@ def teacher_forced_kl(
             row_t, col_t = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
             hb = scorers[0].hidden(ids, mask, row_t, col_t)
             hc = scorers[1].hidden(ids, mask, row_t, col_t)
+            for scorer, states in zip(scorers, (hb, hc)):
+                at = scorer.first_non_finite(states)
+                if at is not None:
+                    # Per model, before the two are combined: the error names the model at fault, which
+                    # is then unusable for every later check.
+                    where = _locate(batch, at)
+                    what = "hidden states" if scorer.split else "logits"
+                    raise scorer.handle.fail(
+                        NonFiniteError(
+                            f"KL is NaN/inf at {where}: {scorer.handle.role} {scorer.handle.label!r} produced "
+                            f"NaN/inf {what} there (weights that overflow, or a diverged fine-tune)"
+                        )
+                    )
             fwd, rev, tb, tc = _kl_slices(scorers, hb, hc, slice_positions, vocab, work)
             offset = 0
             for i, s in zip(picked, batch):
@@ -431,6 +459,15 @@ def teacher_forced_kl(
             task.advance(len(batch))
     prompts = [results[s.index] for s in sequences]
     return KLResult(direction=direction, sample_from=sample_from, prompts=prompts, decode=decode, seed=seed)
+
+
+def _locate(batch: Sequence[TokenSequence], position: int) -> str:
+    """``prompt I, response token T`` for the ``position``-th scored position of a micro-batch."""
+    for seq in batch:
+        if position < len(seq.response_ids):
+            return f"prompt {seq.index}, response token {position}"
+        position -= len(seq.response_ids)
+    return "an unknown position"
 
 
 # Logits per model per step of the KL arithmetic (8 positions of a 49,152-token

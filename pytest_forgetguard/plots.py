@@ -36,14 +36,13 @@ Example::
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from .errors import MissingDependencyError
+from .files import write_atomic
 from .records import CheckRecord, column_labels
 
 if TYPE_CHECKING:
@@ -394,16 +393,7 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
 
 def _save_png(fig: "Figure", path: Path) -> None:
     """Write atomically: a report reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
 
 
 FIGURES: tuple[tuple[str, Callable[[Sequence[CheckRecord]], "Figure | None"]], ...] = (

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import context
 from .session import ForgetguardSession
-from .settings import SettingsError, resolve
+from .settings import SettingsError, device_problem, resolve
 
 if TYPE_CHECKING:
     from .comparison import Forgetguard
@@ -113,19 +114,17 @@ def pytest_configure(config: pytest.Config) -> None:
     except SettingsError as exc:
         raise pytest.UsageError(f"forgetguard: {exc}") from None
 
-    def warn(message: str) -> None:
-        import warnings
-
-        from .errors import ForgetguardWarning
-
-        warnings.warn(message, ForgetguardWarning, stacklevel=2)
+    if settings.enabled:
+        problem = device_problem(settings.device)
+        if problem is not None:
+            raise pytest.UsageError(f"forgetguard: --fg-device: {problem}")
 
     def load_model(spec: str, device: str, dtype: str) -> Any:
         return config.hook.pytest_forgetguard_load_model(spec=spec, device=device, dtype=dtype)
 
     parallel = _launch(config) if settings.enabled else None
     session = config.stash[SESSION_KEY] = ForgetguardSession(
-        settings, custom_loader=load_model, warn=warn, parallel=parallel
+        settings, custom_loader=load_model, warn=context.warn, parallel=parallel
     )
     config.pluginmanager.register(_RecordCollector(session), "forgetguard-records")
 
@@ -161,10 +160,15 @@ def _writes_reports(config: pytest.Config) -> bool:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Show progress of model work on the terminal (not on xdist workers or ranks other than 0: their
-    output is lost or repeats rank 0's)."""
+    """Remove the reports of an earlier run (a run killed before it writes its own must leave none, not a
+    stale PASS), and show progress of model work on the terminal (not on xdist workers or ranks other
+    than 0: their output is lost or repeats rank 0's)."""
     config = session.config
-    if not config.stash[SESSION_KEY].settings.enabled or not _writes_reports(config) or config.get_verbosity() < 0:
+    fg = config.stash[SESSION_KEY]
+    if not fg.settings.enabled or not _writes_reports(config):
+        return
+    fg.remove_old_reports()
+    if config.get_verbosity() < 0:
         return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -218,6 +222,7 @@ def pytest_runtest_makereport(
     if new:
         for rec in new:
             rec.nodeid = item.nodeid
+            rec.file = item.nodeid.split("::", 1)[0]  # the suite file or test module, as pytest names it
             props = [(f"forgetguard.{rec.name}.{k}", getattr(rec, k)) for k in _PROPERTY_KEYS]
             props.append((f"forgetguard.{rec.name}.verdict", rec.verdict))
             for prop in props:

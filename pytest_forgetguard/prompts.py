@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import PromptFileError
+from .files import TextFileError, read_text
 
 PromptsLike = Union[str, Path, Sequence[Union[str, dict]]]  # noqa: UP007 (evaluated at runtime on 3.10)
 
@@ -31,6 +32,12 @@ class PromptRecord:
     prompt: str | None = None
     messages: tuple[dict, ...] | None = None
     response: str | None = None
+    source: str = ""  # where it was read: "prompts.jsonl:12", or "prompts: item 3" for a list
+
+    @property
+    def where(self) -> str:
+        """How messages name this prompt: its file and line where it has one."""
+        return f"prompt {self.index} ({self.source})" if self.source else f"prompt {self.index}"
 
     def display(self, limit: int = 80) -> str:
         """A short one-line rendering for reports."""
@@ -67,7 +74,7 @@ def _record(index: int, item: Any, where: str) -> PromptRecord:
         messages = tuple(dict(m) for m in messages)
     if response is not None and (not isinstance(response, str) or not response):
         raise PromptFileError(f"{where}: 'response' must be a non-empty string")
-    return PromptRecord(index=index, prompt=prompt, messages=messages, response=response)
+    return PromptRecord(index=index, prompt=prompt, messages=messages, response=response, source=where)
 
 
 def parse_prompts(items: Iterable[Any], source: str = "prompts") -> list[PromptRecord]:
@@ -81,17 +88,25 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     """Read a JSONL prompt file; every problem names the file and line."""
     p = Path(path)
     if not p.is_file():
-        raise PromptFileError(f"prompt file {p} does not exist")
+        raise PromptFileError(
+            f"prompt file {p} does not exist" + (f" (looked in {p.resolve().parent})" if not p.is_absolute() else "")
+        )
+    try:
+        text = read_text(p, "prompt file")
+    except TextFileError as exc:
+        raise PromptFileError(str(exc)) from None
     records: list[PromptRecord] = []
-    with open(p, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
-            records.append(_record(len(records), item, f"{p}:{lineno}"))
+    # Split on newlines only: str.splitlines() would also split inside a JSON string holding U+2028.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{p}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise PromptFileError(f"{p}:{lineno}: JSON nested too deeply to be a prompt") from None
+        records.append(_record(len(records), item, f"{p}:{lineno}"))
     if not records:
         raise PromptFileError(f"prompt file {p} is empty; a KL check needs at least one prompt")
     return records
@@ -108,22 +123,21 @@ def encode_prompt(tokenizer: Any, record: PromptRecord) -> list[int]:
     if record.messages is not None:
         if not getattr(tokenizer, "chat_template", None):
             raise PromptFileError(
-                f"prompt {record.index} uses 'messages' but the tokenizer has no chat template; "
-                "use a plain 'prompt' instead"
+                f"{record.where} uses 'messages' but the tokenizer has no chat template; use a plain 'prompt' instead"
             )
         text = tokenizer.apply_chat_template(list(record.messages), tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(record.prompt)["input_ids"]
     if not ids:
-        raise PromptFileError(f"prompt {record.index} tokenizes to nothing")
+        raise PromptFileError(f"{record.where} tokenizes to nothing")
     return list(ids)
 
 
 def encode_response(tokenizer: Any, record: PromptRecord) -> list[int]:
     if record.response is None:
-        raise PromptFileError(f"prompt {record.index} has no 'response', which sample_from: dataset needs")
+        raise PromptFileError(f"{record.where} has no 'response', which sample_from: dataset needs")
     ids = tokenizer(record.response, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise PromptFileError(f"prompt {record.index}: 'response' tokenizes to nothing")
+        raise PromptFileError(f"{record.where}: 'response' tokenizes to nothing")
     return list(ids)

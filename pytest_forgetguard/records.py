@@ -59,7 +59,8 @@ class CheckRecord:
     p_value: float | None = None
     passed: bool = False
     error: str | None = None
-    nodeid: str = ""
+    nodeid: str = ""  # the pytest node id of the test or suite item that ran the check
+    file: str = ""  # the suite file or test module it is written in (relative to pytest's rootdir)
     details: dict[str, Any] = field(default_factory=dict)
     # Which models were compared ({"spec", "fingerprint"}); None when a check failed before loading them.
     base_info: dict[str, Any] | None = None
@@ -68,7 +69,7 @@ class CheckRecord:
     # the same whichever process ran the test.
     order: tuple[int, int] = (0, 0)
 
-    _INTERNAL = ("nodeid", "details", "base_info", "candidate_info", "order")
+    _INTERNAL = ("details", "base_info", "candidate_info", "order")
 
     def __post_init__(self) -> None:
         self.settle(self.passed, self.error)

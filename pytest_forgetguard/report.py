@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import SCHEMA_VERSION, CheckRecord, column_labels
+from .files import write_atomic
+from .records import SCHEMA_VERSION, CheckRecord, candidate_id, column_labels
 
 HEADERS = ("check", "candidate", "metric", "base", "value", "delta", "budget", "95% CI", "n", "p", "verdict")
 
@@ -76,7 +75,20 @@ def terminal_lines(records: Sequence[CheckRecord]) -> list[tuple[str, str | None
         out += [("", None), ("candidates side by side (value, verdict):", None)]
         out += [(line, None) for line in lines[:2]]
         out += [(line, v) for line, v in zip(lines[2:], verdicts)]
+    notes = warnings_of(records)
+    if notes:
+        out += [("", None), ("warnings:", None)]
+        out += [(f"  {message} (checks: {', '.join(checks)})", None) for message, checks in notes]
     return out
+
+
+def warnings_of(records: Sequence[CheckRecord]) -> list[tuple[str, list[str]]]:
+    """Each distinct warning the checks carried, with the checks (``name[candidate]``) that carried it."""
+    out: dict[str, list[str]] = {}
+    for r in records:
+        for message in r.details.get("warnings") or ():
+            out.setdefault(str(message), []).append(f"{r.name} [{candidate_id(r.candidate)}]")
+    return list(out.items())
 
 
 def candidates_of(records: Sequence[CheckRecord]) -> list[str]:
@@ -157,25 +169,16 @@ def markdown_report(records: Sequence[CheckRecord], base: dict[str, Any] | None,
     if records:
         lines += [_md_row(HEADERS), "|" + "---|" * len(HEADERS)]
         lines += [_md_row(row) for row in rows(records)]
+    notes = warnings_of(records)
+    if notes:
+        lines += ["", "**Warnings**", ""]
+        lines += [f"- ⚠️ {message} (checks: {', '.join(f'`{c}`' for c in checks)})" for message, checks in notes]
     for r in failed:
         lines += ["", f"<details><summary>{r.verdict}: {r.name} ({r.candidate})</summary>", ""]
         lines += ["```", (r.error or r.details.get("message") or "").strip(), "```", "</details>"]
     if plots:
         lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

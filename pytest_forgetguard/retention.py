@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import inspect
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,53 @@ class TaskRun:
         return cls(**data)
 
 
+def invalid_task_run(payload: Any, task: str) -> str | None:
+    """Why a cached payload cannot be ``task``'s :class:`TaskRun` (None when it can).
+
+    Every field the comparison reads is checked for its type, and every
+    per-item metric for being finite, so an entry that is well-formed JSON
+    but wrong (edited, from another version, poisoned) is recomputed instead
+    of crashing a run or deciding one.
+    """
+    fields = {"task": str, "samples": list, "higher_is_better": dict, "aggregation": dict, "results": dict,
+              "output_type": str}  # fmt: skip
+    if not isinstance(payload, dict) or set(payload) != set(fields):
+        got = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        return f"expected the fields {sorted(fields)}, got {got}"
+    for key, kind in fields.items():
+        if not isinstance(payload[key], kind):
+            return f"{key} is not a {kind.__name__}"
+    if payload["task"] != task:
+        return f"it holds task {payload['task']!r}, not {task!r}"
+    hib = payload["higher_is_better"]
+    if not hib or not all(isinstance(k, str) and isinstance(v, bool) for k, v in hib.items()):
+        return "higher_is_better is not a non-empty mapping of metric names to true/false"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in payload["aggregation"].items()):
+        return "aggregation is not a mapping of metric names to names"
+    if not payload["samples"]:
+        return "no items"
+    for i, item in enumerate(payload["samples"]):
+        if not isinstance(item, dict):
+            return f"item {i} is not a mapping"
+        if isinstance(item.get("doc_id"), bool) or not isinstance(item.get("doc_id"), int):
+            return f"item {i} has no integer doc_id"
+        if not isinstance(item.get("doc_hash"), str) or not isinstance(item.get("filter"), str):
+            return f"item {i} has no doc_hash or filter"
+        metrics = item.get("metrics")
+        if not isinstance(metrics, dict):
+            return f"item {i} has no metrics"
+        for m, v in metrics.items():
+            numbers = v if isinstance(v, list) else [v]
+            if not numbers or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+                return f"item {i}: metric {m} is not a number or a list of numbers"
+            if _non_finite(numbers):
+                return f"item {i}: metric {m} is not finite"
+        for text_field in ("prompt", "target"):
+            if not isinstance(item.get(text_field), str):
+                return f"item {i} has no {text_field} text"
+    return None
+
+
 # -- loading tasks ---------------------------------------------------------------
 
 
@@ -160,13 +209,51 @@ def _task_manager(paths: list[Path], names: Sequence[str]) -> Any:
             for n, e in tm.task_index.items()
             if e.yaml_path and any(str(e.yaml_path).startswith(str(p)) for p in paths)
         )
+        broken = _unreadable_task_files(paths)
+        mine = [(f, why) for f, why in broken if re.search(rf"\b{re.escape(missing[0])}\b", _peek(f))]
+        if mine:
+            f, why = mine[0]
+            raise RetentionError(f"task YAML {f} (which names task {missing[0]!r}) could not be read: {why}")
         close = difflib.get_close_matches(missing[0], list(tm.task_index), n=3)
         raise RetentionError(
             f"unknown lm-eval task {missing[0]!r}"
             + (f"; did you mean {', '.join(close)}?" if close else "")
             + f" Tasks in the include paths: {', '.join(local[:20]) or 'none'}"
+            + "".join(f"\n  task YAML {f} could not be read: {why}" for f, why in broken[:5])
         )
     return tm
+
+
+def _peek(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _unreadable_task_files(paths: list[Path]) -> list[tuple[Path, str]]:
+    """YAML files of the include paths that lm-eval's task index skipped because they do not parse.
+
+    lm-eval logs these at debug level and reports the task as unknown; the
+    parse error itself is what a person needs.
+    """
+    try:
+        from lm_eval.tasks._yaml_loader import load_yaml
+    except ImportError:  # another lm-eval layout: nothing more to say than "unknown task"
+        return []
+    out = []
+    for root in paths:
+        for f in sorted(root.rglob("*.y*ml")):
+            if f.suffix not in (".yaml", ".yml") or "__pycache__" in f.parts:
+                continue
+            try:
+                cfg = load_yaml(f, resolve_func=False)
+            except Exception as exc:
+                out.append((f, f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"))
+                continue
+            if not isinstance(cfg, dict):
+                out.append((f, f"expected a mapping, got {type(cfg).__name__}"))
+    return out
 
 
 def load_tasks(names: Sequence[str], paths: list[Path]) -> tuple[Any, dict[str, Any]]:
@@ -202,12 +289,14 @@ def _stable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_stable(v) for v in obj]
     if callable(obj):
+        # The whole file the function lives in: a helper it calls (a task's utils.py) changes results too.
         try:
-            src = inspect.getsource(obj)
+            src_file = inspect.getsourcefile(obj)
+            src = Path(src_file).read_bytes() if src_file else inspect.getsource(obj).encode()
         except (OSError, TypeError):
-            src = ""
+            src = b""
         name = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
-        return {"callable": name, "source": hashlib.sha256(src.encode()).hexdigest()[:16]}
+        return {"callable": name, "source": hashlib.sha256(src).hexdigest()[:16]}
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
@@ -272,7 +361,27 @@ def _describe(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _reduce(res: dict[str, Any], tasks: dict[str, Any]) -> dict[str, TaskRun]:
+def _non_finite(value: Any, allow_minus_inf: bool = False) -> bool:
+    """Whether a number, or any number nested in lists/tuples/dicts, is NaN or infinite."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        x = float(value)
+        return math.isnan(x) or (math.isinf(x) and not (allow_minus_inf and x < 0))
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v, allow_minus_inf) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v, allow_minus_inf) for v in value.values())
+    return False
+
+
+def _reduce(res: dict[str, Any], tasks: dict[str, Any], label: str = "the model") -> dict[str, TaskRun]:
+    """Keep what the comparison needs of lm-eval's output; a NaN or infinity in any item is an error.
+
+    Per-item metrics must be finite; the model's raw numbers (log-likelihoods)
+    may be -inf (a token ruled out) but never NaN or +inf. Aggregates are
+    computed from the items later, so checking the items covers them.
+    """
     runs = {}
     for name, task in tasks.items():
         if not res.get("samples", {}).get(name):
@@ -287,6 +396,17 @@ def _reduce(res: dict[str, Any], tasks: dict[str, Any]) -> dict[str, TaskRun]:
                 if m in s:
                     v = s[m]
                     metrics[m] = [float(x) for x in v] if isinstance(v, (tuple, list)) else float(v)
+                    if _non_finite(metrics[m]):
+                        raise NonFiniteError(
+                            f"lm-eval scored {label} with a non-finite {m} ({v!r}) on task {name!r}, item "
+                            f"{s.get('doc_id')}: its outputs are NaN/inf, so no score of it can be trusted"
+                        )
+            for field_name in ("resps", "filtered_resps"):
+                if _non_finite(s.get(field_name), allow_minus_inf=True):
+                    raise NonFiniteError(
+                        f"{label} gave NaN/inf log-likelihoods on task {name!r}, item {s.get('doc_id')} "
+                        f"({field_name} {str(s.get(field_name))[:200]}): its outputs cannot be scored"
+                    )
             samples.append(
                 {
                     "doc_id": int(s["doc_id"]),
@@ -324,7 +444,7 @@ def vllm_arguments(handle: "ModelHandle", batch_size: int, seed: int) -> dict[st
         "gpu_memory_utilization": 0.5,
     }
     if handle.spec.kind == "peft":
-        args["pretrained"] = str(store._adapter_base(handle).local_dir)
+        args["pretrained"] = str(handle.adapter_base.local_dir)
         args["lora_local_path"] = str(handle.local_dir)
     else:
         args["pretrained"] = str(handle.local_dir)
@@ -379,7 +499,7 @@ def run_lm_eval(
 
     handle.load()  # its own progress line, before lm-eval's
     label = f"lm-eval {', '.join(tasks)} on {handle.role} {handle.label}"
-    with progress.task(label), handle.active(), _quiet_lm_eval():
+    with progress.task(label), handle.active(), _quiet_lm_eval(), finite_logits(handle):
         lm = _lm(handle, batch_size, seed, backend, warn or (lambda message: None))
         res = simple_evaluate(
             model=lm,
@@ -397,7 +517,48 @@ def run_lm_eval(
         )
     if res is None:
         raise RetentionError("lm-eval returned no results")
-    return _reduce(res, tasks)
+    try:
+        return _reduce(res, tasks, label=f"{handle.role} {handle.label!r}")
+    except NonFiniteError as exc:
+        raise handle.fail(exc) from None
+
+
+@contextlib.contextmanager
+def finite_logits(handle: "ModelHandle") -> Iterator[None]:
+    """Fail any forward pass of ``handle`` whose logits hold NaN or +inf, from inside lm-eval.
+
+    lm-eval turns logits into answers (argmax, greedy decoding), and the
+    argmax of NaN logits is a valid-looking answer: a model with NaN outputs
+    would get a finite accuracy. The check runs on every forward pass (a sum,
+    and a full scan only when the sum is not finite: a -inf logit, which rules a
+    token out, is allowed). The model is marked unusable.
+    """
+    import torch
+
+    head = handle.raw_model.get_output_embeddings()
+    if head is None:  # nothing to hook; the per-item checks in _reduce still apply
+        yield
+        return
+
+    def check(module: Any, args: Any, output: Any) -> None:
+        logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            return
+        if bool(torch.isfinite(logits.sum(dtype=torch.float32))):
+            return
+        if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
+            raise handle.fail(
+                NonFiniteError(
+                    f"{handle.role} {handle.label!r} produced NaN/inf logits under lm-eval: its answers would be "
+                    "the argmax of NaN, so it cannot be scored (weights that overflow, or a diverged fine-tune)"
+                )
+            )
+
+    hook = head.register_forward_hook(check)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def evaluate(
@@ -438,12 +599,9 @@ def evaluate(
             full["backend"] = effective_backend(handle, backend)
         for name, task in tasks.items():
             keys[name] = base_cache_key(name, task, handle.fingerprint, full)
-            hit = cache.load(CACHE_NAMESPACE, keys[name])
+            hit = cache.load(CACHE_NAMESPACE, keys[name], validate=functools.partial(invalid_task_run, task=name))
             if hit is not None:
-                try:
-                    runs[name] = TaskRun.from_json(hit)
-                except TypeError:
-                    cache.warn(f"forgetguard cache entry for {name} has an old layout; recomputing")
+                runs[name] = TaskRun.from_json(hit)
     todo = {n: t for n, t in tasks.items() if n not in runs}
     if todo:
         fresh = run_lm_eval(

@@ -59,6 +59,7 @@ class Key:
     default_doc: str = ""  # what the reference table says instead of a literal default
     minimum: float | None = None
     exclusive_minimum: float | None = None
+    count_or_fraction: bool = False  # a fraction in (0, 1] or a whole number (lm-eval's ``limit``)
     enum: tuple[str, ...] = ()
     pattern: str | None = None  # anchored (^...$): Python's re and ECMA-262 (JSON Schema) read it alike
     hint: str = ""  # how to write a value that does not match ``pattern``
@@ -185,6 +186,7 @@ RETENTION_KEYS: dict[str, Key] = {
         "items per task: a count, or a fraction in (0, 1]",
         default_doc="all items",
         exclusive_minimum=0,
+        count_or_fraction=True,
     ),
     "filter": Key(("string",), "the lm-eval filter whose scores are compared", default_doc="the task's first filter"),
     "batch_size": Key(("integer",), "lm-eval batch size", default=8, minimum=1),
@@ -260,7 +262,8 @@ def _key_schema(key: Key) -> dict[str, Any]:
         elif kind == "integer":
             choices.append({"type": "integer", **bounds})
         elif kind == "number":
-            choices.append({"type": "number", **bounds})
+            whole: dict[str, Any] = {"anyOf": [{"maximum": 1}, {"multipleOf": 1}]} if key.count_or_fraction else {}
+            choices.append({"type": "number", **bounds, **whole})
             choices.append({"type": "string", "pattern": _number_string_pattern(key)})
         elif kind == "boolean":
             choices.append({"type": "boolean"})
@@ -393,6 +396,8 @@ def _type_text(key: Key) -> str:
         text += f" ≥ {key.minimum:g}"
     if key.exclusive_minimum is not None:
         text += f" > {key.exclusive_minimum:g}"
+    if key.count_or_fraction:
+        text += ", whole above 1"
     if key.pattern and key.hint:
         text += f" ({key.hint})"
     if key.path:

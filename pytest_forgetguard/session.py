@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError
+from .files import write_atomic
 from .records import CheckRecord
-from .report import json_report, markdown_report, write_atomic, write_json
+from .report import json_report, markdown_report, write_json
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -212,6 +214,28 @@ class ForgetguardSession:
             if info["spec"] not in cands or cands[info["spec"]]["fingerprint"] is None:
                 cands[info["spec"]] = info
         return base, list(cands.values())
+
+    def report_paths(self) -> list[Path]:
+        """Every file this run's reports may write: the JSON and Markdown reports and the plots beside them."""
+        from .plots import FIGURES
+
+        targets = [p for p in (self.settings.report_json, self.settings.report_md) if p is not None]
+        plots = [targets[0].parent / f"{targets[0].stem}-{suffix}.png" for suffix, _ in FIGURES] if targets else []
+        return targets + plots
+
+    def remove_old_reports(self) -> None:
+        """Delete the report files of an earlier run at the start of this one.
+
+        Reports are written atomically at the end; a run killed in between
+        then leaves no report at all, never the last run's verdict in its place.
+        """
+        for path in self.report_paths():
+            try:
+                path.unlink(missing_ok=True)
+            except IsADirectoryError:
+                pass  # settings refuse a directory report path; a plot name taken by a directory is left alone
+            except OSError as exc:
+                raise ModelLoadError(f"cannot remove the old report {path}: {exc.strerror or exc}") from None
 
     def write_reports(self) -> list[str]:
         """Write the requested reports, and plots next to them; returns what was written."""

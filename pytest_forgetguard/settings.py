@@ -104,6 +104,35 @@ class Settings:
         return DEFAULT_SEED if suite_seed is None else suite_seed
 
 
+def device_problem(device: str | None) -> str | None:
+    """Why ``device`` cannot be used on this machine (None when it can, or when it is ``auto``/``cpu``/unset).
+
+    Asked before any model loads, so a CPU-only machine told ``cuda`` says so
+    in one line instead of failing deep inside the first model load.
+
+    >>> device_problem("cpu") is None and device_problem(None) is None
+    True
+    """
+    if device is None or device in ("auto", "cpu"):
+        return None
+    import torch
+
+    if device == "mps":
+        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return None if ok else "mps is not available on this machine; use cpu (or auto)"
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of torch" if torch.version.cuda is None else "a torch that sees no GPU"
+        return (
+            f"{device} was asked for, but this is {build} ({torch.__version__}); use --fg-device cpu (or auto), "
+            "or install a CUDA build of torch on a machine with a GPU"
+        )
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        return f"{device} was asked for, but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})"
+    return None
+
+
 def _split_specs(value: str) -> list[str]:
     return [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
 

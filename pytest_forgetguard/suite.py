@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SuiteError
+from .files import TextFileError, decode_utf8
 from .schema import CHECK_KEYS, DEFAULTS_KEYS, KIND_KEYS, KINDS, MODEL_KEYS, REQUIRED, TOP_KEYS, TYPE_WORDS, Key
 
 # PyYAML reads YAML 1.1, where ``1e-6`` (no dot) is a string, while YAML 1.2 (editors) reads a
@@ -164,6 +165,8 @@ def _number(where: _Where, keys: tuple[Any, ...], label: str, value: float, key:
         raise where.error(keys, f"{label}: must be >= {key.minimum:g}, got {value!r}")
     if key.exclusive_minimum is not None and value <= key.exclusive_minimum:
         raise where.error(keys, f"{label}: must be > {key.exclusive_minimum:g}, got {value!r}")
+    if key.count_or_fraction and value > 1 and not float(value).is_integer():
+        raise where.error(keys, f"{label}: a whole number of items or a fraction in (0, 1], got {value!r}")
     return value
 
 
@@ -433,7 +436,14 @@ def load_yaml_with_lines(text: str, display: str = "<suite>") -> tuple[Any, dict
     """
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # a control character: YAML refuses the text before parsing it
+        line = text.count("\n", 0, exc.position) + 1
+        raise SuiteError(
+            f"{display}:{line}: not valid YAML: character #x{exc.character:04x} is not allowed in YAML "
+            "(a binary file, or a stray control character)"
+        ) from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -443,6 +453,8 @@ def load_yaml_with_lines(text: str, display: str = "<suite>") -> tuple[Any, dict
         return data, _collect_lines(loader, root)
     except yaml.YAMLError as exc:
         raise _yaml_error(display, exc) from None
+    except RecursionError:
+        raise SuiteError(f"{display}: not a suite: the YAML is nested too deeply") from None
     finally:
         loader.dispose()
 
@@ -459,8 +471,10 @@ def load_suite(path: Path, display: str | None = None) -> Suite:
     """
     name = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SuiteError(f"{name}: cannot read: {exc}") from None
+        text = decode_utf8(path.read_bytes(), name)
+    except OSError as exc:
+        raise SuiteError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except TextFileError as exc:
+        raise SuiteError(f"{name}{f':{exc.line}' if exc.line else ''}: cannot read: {exc.reason}") from None
     data, lines = load_yaml_with_lines(text, name)
     return parse_suite(data, path, lines, display=name)

@@ -109,3 +109,76 @@ def noisy_copy(src: Path, out: Path, scale: float, seed: int) -> Path:
         if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
             shutil.copy(f, out)
     return out
+
+
+# -- broken models, for the fault matrix ------------------------------------------------------------
+
+
+def _copy_tokenizer(src: Path, out: Path) -> None:
+    for f in src.glob("*"):
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, out)
+
+
+def build_overflow(base_dir: Path, out: Path) -> Path:
+    """Finite weights that overflow: one MLP scaled by 1e37 gives NaN logits (inf * 0 in the next norm)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(1e37)
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    model.save_pretrained(out, safe_serialization=True)
+    _copy_tokenizer(base_dir, out)
+    return out
+
+
+def edit_adapter(src: Path, out: Path, edit) -> Path:
+    """A copy of a LoRA adapter whose tensors ``edit`` changed (``edit(name, tensor) -> tensor``)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, out)
+    weights = out / "adapter_model.safetensors"
+    tensors = {name: edit(name, t.clone()) for name, t in load_file(weights).items()}
+    save_file(tensors, weights)
+    return out
+
+
+def pickle_adapter(src: Path, out: Path) -> Path:
+    """The same adapter saved as a pickle (adapter_model.bin), as old PEFT versions did."""
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, out)
+    weights = out / "adapter_model.safetensors"
+    torch.save(load_file(weights), out / "adapter_model.bin")
+    weights.unlink()
+    return out
+
+
+REMOTE_CODE = """
+import pathlib
+pathlib.Path(__file__).with_name("CODE_RAN").write_text("the model's own code ran")
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class FgConfig(LlamaConfig):
+    model_type = "fg_remote"
+
+
+class FgForCausalLM(LlamaForCausalLM):
+    config_class = FgConfig
+"""
+
+
+def remote_code_model(base_dir: Path, out: Path) -> Path:
+    """A model whose config points at its own Python file (auto_map), which writes CODE_RAN when it runs."""
+    shutil.copytree(base_dir, out)
+    (out / "modeling_fg.py").write_text(REMOTE_CODE)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["model_type"] = "fg_remote"
+    cfg["architectures"] = ["FgForCausalLM"]
+    cfg["auto_map"] = {"AutoConfig": "modeling_fg.FgConfig", "AutoModelForCausalLM": "modeling_fg.FgForCausalLM"}
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out

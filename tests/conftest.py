@@ -8,7 +8,9 @@ sampling, PEFT) runs on a real transformers model in well under a second.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,62 @@ def smollm2_dir(smollm2_gguf: Path) -> Path:
     from pytest_forgetguard.models import materialize_gguf
 
     return materialize_gguf(smollm2_gguf, Path(os.environ["FORGETGUARD_CACHE_DIR"]))
+
+
+@pytest.fixture(scope="session")
+def faulty(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Broken models for the fault matrix, each derived from the tiny base or its LoRA adapter.
+
+    overflow: finite weights, NaN logits; nan_lora: a NaN in a LoRA B matrix; overflow_lora: finite LoRA
+    weights whose outputs overflow; unstable_lora: finite LoRA weights whose outputs overflow on some
+    inputs only; swapped_tokens: the base with two token ids traded; zero_lora: an adapter that changes nothing (every B zero);
+    pickle_lora: the adapter as a pickle; truncated: half a safetensors file; bad_config: config.json
+    that is not JSON; remote_code: a model that needs its own Python code.
+    """
+    import math
+
+    from builders import build_overflow, edit_adapter, pickle_adapter, remote_code_model
+
+    root = tmp_path_factory.mktemp("faulty")
+
+    def nan_first_b(name, t):
+        if "lora_B" in name and not nan_first_b.done:
+            t.view(-1)[0] = math.nan
+            nan_first_b.done = True
+        return t
+
+    nan_first_b.done = False
+    paths = {
+        "overflow": build_overflow(tiny["base"], root / "overflow"),
+        "nan_lora": edit_adapter(tiny["lora"], root / "nan_lora", nan_first_b),
+        "overflow_lora": edit_adapter(
+            tiny["lora"],
+            root / "overflow_lora",
+            lambda n, t: t.fill_(3e38) if "lora_B" in n and "down_proj" in n else t,
+        ),
+        # Finite LoRA weights whose outputs overflow on some inputs only (attention scaled by 1e37).
+        "unstable_lora": edit_adapter(
+            tiny["lora"], root / "unstable_lora", lambda n, t: t * 1e37 if "lora_B" in n and "down_proj" not in n else t
+        ),
+        "zero_lora": edit_adapter(tiny["lora"], root / "zero_lora", lambda n, t: t * 0 if "lora_B" in n else t),
+        "pickle_lora": pickle_adapter(tiny["lora"], root / "pickle_lora"),
+        "remote_code": remote_code_model(tiny["base"], root / "remote_code"),
+    }
+    truncated = root / "truncated"
+    shutil.copytree(tiny["base"], truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    paths["truncated"] = truncated
+    swapped = root / "swapped_tokens"  # the base's weights; two token ids traded in its tokenizer
+    shutil.copytree(tiny["base"], swapped)
+    tok = json.loads((swapped / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[200:202]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (swapped / "tokenizer.json").write_text(json.dumps(tok))
+    paths["swapped_tokens"] = swapped
+    bad_config = root / "bad_config"
+    shutil.copytree(tiny["base"], bad_config)
+    (bad_config / "config.json").write_text('{"model_type": "llama", ')
+    paths["bad_config"] = bad_config
+    return paths

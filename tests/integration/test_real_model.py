@@ -124,3 +124,38 @@ def test_lora_adapter_on_smollm2(real):
     # LoRA touched q_proj, v_proj and down_proj only: embeddings and norms are unchanged.
     assert layers["model.embed_tokens"].relative_l2 == 0.0 and layers["model.norm"].relative_l2 == 0.0
     assert 0 < layers["model.layers.3"].changed_fraction < 1
+
+
+def test_a_poisoned_gguf_copy_is_converted_again_with_a_warning(real, tmp_path):
+    """The converted copy records each file's size and hash; a copy whose files changed is never served."""
+    import shutil
+
+    from pytest_forgetguard.models import _invalid_gguf_copy, materialize_gguf
+
+    cache = tmp_path / "cache"
+    target = cache / "gguf" / real["base"].name
+    shutil.copytree(real["base"], target)
+    digest = target.name.split("-")[-2]
+    seen: list[str] = []
+    assert materialize_gguf(real["gguf"], cache, seen.append) == target and seen == []  # a whole copy is reused
+    original = fingerprint_directory(target)
+    # Truncated weights (a full disk, a killed copy): refused without converting anything.
+    weights = target / "model.safetensors"
+    shutil.copy(weights, tmp_path / "weights")
+    with open(weights, "r+b") as fh:
+        fh.truncate(1000)
+    assert "model.safetensors has another size" in _invalid_gguf_copy(target, digest)
+    shutil.copy(tmp_path / "weights", weights)
+    assert _invalid_gguf_copy(target, digest) is None
+    # A config edited in place (same size, other content): converted again, with a warning.
+    config = target / "config.json"
+    text = config.read_text()
+    config.write_text(text.replace('"silu"', '"gelu"'))
+    assert len(config.read_text()) == len(text)
+    assert materialize_gguf(real["gguf"], cache, seen.append) == target
+    assert len(seen) == 1 and "config.json changed since it was written" in seen[0] and "converting again" in seen[0]
+    assert fingerprint_directory(target) == original and '"silu"' in config.read_text()
+    # A marker from an older layout (no file list) is not trusted either.
+    marker = json.loads((target / "COMPLETE").read_text())
+    (target / "COMPLETE").write_text(json.dumps({"source": marker["source"], "sha256": marker["sha256"]}))
+    assert "written by another version" in _invalid_gguf_copy(target, digest)

@@ -152,7 +152,9 @@ def test_a_failure_in_one_ranks_shard_fails_both_ranks(project, tiny):
     ranks = torchrun(project, *models(tiny, poisoned), "--fg-report-json", "r.json")
 
     for rank in (0, 1):  # an error on both ranks, no hang; and the ranks go on together
-        assert outcomes(ranks[rank]) == {"test_nan.py::test_kl": "FAILED", "test_nan.py::test_after": "PASSED"}
+        # The candidate produced NaN: it is unusable for every later check, on every rank alike.
+        assert outcomes(ranks[rank]) == {"test_nan.py::test_kl": "FAILED", "test_nan.py::test_after": "FAILED"}
+        assert "failed in check 'nan-kl'; a model that failed a check is never used again" in ranks[rank]
     assert "NonFiniteError: KL is NaN/inf at prompt 1, response token 0" in ranks[1]
     assert "NonFiniteError: rank 1 of 2: KL is NaN/inf at prompt 1, response token 0" in ranks[0]
     check = json.loads(project.path.joinpath("r.json").read_text())["checks"][0]

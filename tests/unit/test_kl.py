@@ -7,7 +7,7 @@ import pytest
 from reference import reference_kl
 
 from pytest_forgetguard.comparison import Forgetguard
-from pytest_forgetguard.errors import IncompatibleModelsError, NonFiniteError
+from pytest_forgetguard.errors import ForgetguardWarning, IncompatibleModelsError, NonFiniteError
 from pytest_forgetguard.generation import sample_responses
 from pytest_forgetguard.kl import TokenSequence, kl_pair, teacher_forced_kl
 from pytest_forgetguard.models import ModelStore
@@ -110,7 +110,8 @@ def test_slicing_does_not_change_values(tiny, store):
 
 def test_identical_models_have_zero_kl(tiny, store):
     fg = fg_for(store, tiny["base"], tiny["twin"])
-    result = fg.kl(dataset_items(), sample_from="dataset")
+    with pytest.warns(ForgetguardWarning, match="is identical to the base .* every check passes trivially"):
+        result = fg.kl(dataset_items(), sample_from="dataset")
     assert result.value < 1e-7 and result.reverse_mean < 1e-7
     assert result.top1_agreement == 1.0
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from pytest_forgetguard.errors import IncompatibleModelsError, ModelLoadError
+from pytest_forgetguard.errors import ForgetguardWarning, IncompatibleModelsError, ModelLoadError
 from pytest_forgetguard.models import ModelStore, check_compatible, fingerprint_directory, parse_spec
 
 
@@ -109,7 +109,8 @@ def test_adapter_on_another_base_loads_that_base(tiny, tmp_path):
     other = ModelStore(device="cpu")
     b2 = other.get(str(tiny["candidate"]), role="base")
     c2 = other.get(str(tiny["lora"]), base=b2)
-    c2.load()
+    with pytest.warns(ForgetguardWarning, match="was trained on .*, not on the run's base .* compared with"):
+        c2.load()
     assert c2._shared_base is not b2 and c2._shared_base.spec.location == str(tiny["base"])
 
 

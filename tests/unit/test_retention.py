@@ -11,6 +11,7 @@ from lmeval_tasks import MC_YAML, write_tasks
 
 from pytest_forgetguard.cache import ResultCache
 from pytest_forgetguard.comparison import Forgetguard
+from pytest_forgetguard.errors import ForgetguardWarning
 from pytest_forgetguard.models import ModelStore
 from pytest_forgetguard.retention import RetentionError, RetentionResult, gate_passes
 
@@ -63,7 +64,8 @@ def test_generate_until_with_filter(tiny, tasks_dir):
 
 
 def test_identical_models_have_zero_delta(tiny, tasks_dir):
-    result = make_fg(tiny, cand="twin").retention(["tiny_mc", "tiny_ppl"][:1], include_path=tasks_dir)
+    with pytest.warns(ForgetguardWarning, match="is identical to the base"):
+        result = make_fg(tiny, cand="twin").retention(["tiny_mc", "tiny_ppl"][:1], include_path=tasks_dir)
     assert result.delta == 0 and result.ci_low == 0 and result.ci_high == 0
     assert (result.lost, result.gained, result.p_value) == (0, 0, 1.0)
 

@@ -87,6 +87,11 @@ checks:
         ),
         ("checks:\n  - {name: a, kl: {prompts: prompts.jsonl, budget: true}}", 2, "kl.budget: expected a number"),
         ("checks:\n  - {name: a, kl: {prompts: prompts.jsonl, budget: 1, limit: 2.5}}", 2, "kl.limit: expected an int"),
+        (
+            "checks:\n  - {name: a, retention: {task: x, max_drop: 1, limit: 1.5}}",
+            2,
+            r"retention.limit: a whole number of items or a fraction in \(0, 1\], got 1.5",
+        ),
         ("checks:\n  - {name: a, kl: {prompts: prompts.jsonl, budget: 1, max_new_tokens: 0}}", 2, r"must be >= 1"),
         ("checks:\n  - {name: a, kl: {prompts: prompts.jsonl, budget: 1, temperature: 0}}", 2, r"must be > 0, got 0"),
         (

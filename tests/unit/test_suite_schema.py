@@ -154,6 +154,7 @@ def test_valid_suites_pass(data):
         {"defaults": {"lk": {}}, "checks": [GOOD_CHECK]},
         {"models": {"base": 3}, "checks": [GOOD_CHECK]},
         {"checks": [{"name": "r", "retention": {"task": [], "max_drop": 0.1}}]},
+        {"checks": [{"name": "r", "retention": {"task": "a", "max_drop": 0.1, "limit": 1.5}}]},
     ],
 )
 def test_malformed_suites_fail(data):

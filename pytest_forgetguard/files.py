@@ -1,0 +1,138 @@
+"""Files written and read by forgetguard: atomic writes with normal permissions, UTF-8 reads that say where.
+
+Every file forgetguard writes (reports, plots, cache entries, converted
+models) goes through :func:`write_atomic` or :func:`publish_directory`: a
+reader sees the old file or the new one, never half of one, and the result
+gets the permissions any other file the user writes gets (``0o666`` or
+``0o777`` less the umask; ``tempfile`` alone would leave ``0o600``, which a
+CI job's other user or a teammate's group cannot read).
+
+Every text file forgetguard reads from the user (prompt files, suites) goes
+through :func:`read_text`: a file that is not UTF-8 is an error naming the
+file, the line and the byte, with the fix.
+
+Example::
+
+    write_atomic(Path("out/report.json"), '{"schema": 1}\\n')
+    text = read_text(Path("prompts.jsonl"), what="prompt file")
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from .errors import ForgetguardError
+
+
+class TextFileError(ForgetguardError):
+    """A text file cannot be read as UTF-8: ``name:line: reason`` (``reason`` says the fix)."""
+
+    def __init__(self, name: str, reason: str, line: int | None = None) -> None:
+        super().__init__(f"{name}:{line}: {reason}" if line else f"{name}: {reason}")
+        self.name, self.reason, self.line = name, reason, line
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back (one thread reads it at a time
+    # in practice: this runs while a report or cache entry is written).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: str | bytes | Callable[[IO[bytes]], None]) -> None:
+    """Write ``data`` (text as UTF-8, bytes, or a function that writes into a binary file) to ``path`` atomically.
+
+    The parent directory is created. On any error the temporary file is
+    removed and ``path`` keeps what it had.
+
+    Example::
+
+        write_atomic(Path("plot.png"), lambda fh: fig.savefig(fh, format="png"))
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(data, str):
+                fh.write(data.encode("utf-8"))
+            elif isinstance(data, bytes):
+                fh.write(data)
+            else:
+                data(fh)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def publish_directory(tmp: Path, target: Path) -> bool:
+    """Move the finished directory ``tmp`` to ``target`` in one step; False if another process was first.
+
+    ``tmp`` (made by ``tempfile.mkdtemp``, mode ``0o700``) gets the usual
+    directory permissions first. When ``target`` already exists (a
+    concurrent run published the same thing), ``tmp`` is removed.
+    """
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        os.replace(tmp, target)
+        return True
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target.exists():
+            return False
+        raise
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+         (codecs.BOM_UTF16_BE, "UTF-16"))  # fmt: skip
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """``data`` as text; a UTF-8 byte-order mark is dropped. Anything else that is not UTF-8 is a
+    :class:`TextFileError` naming ``name``, the line, the column and the byte.
+
+    >>> decode_utf8("é\\n".encode(), "x.jsonl")
+    'é\\n'
+    >>> decode_utf8(b"ok\\ncaf\\xe9\\n", "x.jsonl")
+    Traceback (most recent call last):
+    ...
+    pytest_forgetguard.files.TextFileError: x.jsonl:2: not UTF-8 (byte 0xe9 at column 4); save the file as UTF-8
+    """
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            raise TextFileError(name, f"the file is {encoding}, not UTF-8; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = len(data[start : exc.start].decode("utf-8", errors="replace")) + 1
+        raise TextFileError(
+            name, f"not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); save the file as UTF-8", line
+        ) from None
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or non-UTF-8 file is a :class:`TextFileError`.
+
+    ``what`` names the kind of file in messages ("prompt file").
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise TextFileError(str(path), f"no such {what}") from None
+    except IsADirectoryError:
+        raise TextFileError(str(path), f"a directory, not a {what}") from None
+    except OSError as exc:
+        raise TextFileError(str(path), f"cannot read this {what}: {exc.strerror or exc}") from None
+    return decode_utf8(data, str(path))

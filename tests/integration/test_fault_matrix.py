@@ -1,0 +1,274 @@
+"""The fault matrix, through real pytest runs: hostile inputs and faults give a clear error or warning, never a pass.
+
+Tiny models built in fixtures (tests/conftest.py: ``tiny`` and ``faulty``);
+lm-eval on the tiny tasks of tests/lmeval_tasks.py. Each test is one row of
+the matrix in the README's "Reliability" section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from lmeval_tasks import write_tasks
+
+PROMPTS = "\n".join(
+    json.dumps({"prompt": p, "response": r})
+    for p, r in [
+        ("The for statement", " executes the suite once for each item."),
+        ("A class definition", " defines a class object."),
+    ]
+)
+
+SUITE = """
+checks:
+  - name: task-kl
+    kl: {prompts: prompts.jsonl, sample_from: dataset, budget: 1.0e9}
+  - name: keeps-mc
+    retention: {task: tiny_mc, include_path: tasks, max_drop: 1.0, gate: significant}
+  - name: weights
+    drift: {max_relative_l2: 1.0e30}
+"""
+
+
+@pytest.fixture
+def project(pytester):
+    pytester.makefile(".ini", pytest="[pytest]\n")  # the rootdir: node ids relative to the project
+    write_tasks(pytester.path / "tasks")
+    pytester.path.joinpath("prompts.jsonl").write_text(PROMPTS + "\n")
+    pytester.path.joinpath("forgetguard.yaml").write_text(SUITE)
+    return pytester
+
+
+def run(pytester, base, cand, *args):
+    # --opt=PATH: a model path given as a separate argument would take part in choosing pytest's rootdir.
+    return pytester.runpytest(
+        "--forgetguard", f"--fg-base={base}", f"--fg-candidate={cand}",
+        "--fg-cache-dir", str(pytester.path / "cache"), "-p", "no:cacheprovider", *args,
+    )  # fmt: skip
+
+
+def checks(path):
+    return {c["name"]: c for c in json.loads(path.read_text())["checks"]}
+
+
+@pytest.mark.parametrize("cand", ["nan", "overflow", "nan_lora", "overflow_lora"])
+def test_a_broken_candidate_fails_every_check_of_a_suite(project, tiny, faulty, cand):
+    """The issue's case: KL errors, then retention (gate: significant) and drift must error too, not pass."""
+    result = run(project, tiny["base"], {**tiny, **faulty}[cand], "--fg-report-json", "r.json")
+    result.assert_outcomes(failed=3)
+    rows = checks(project.path / "r.json")
+    assert [r["passed"] for r in rows.values()] == [False, False, False]
+    assert all("NonFiniteError" in r["error"] for r in rows.values())
+    assert (
+        "failed in check 'task-kl'" in rows["keeps-mc"]["error"]
+        and "failed in check 'task-kl'" in rows["weights"]["error"]
+    )
+    result.stdout.fnmatch_lines(["*keeps-mc*ERROR*", "*weights*ERROR*"])
+
+
+def test_a_broken_base_fails_every_check(project, tiny):
+    result = run(project, tiny["nan"], tiny["candidate"], "--fg-report-json", "r.json")
+    result.assert_outcomes(failed=3)
+    assert all(r["error"] and "NaN" in r["error"] for r in checks(project.path / "r.json").values())
+
+
+def test_rows_name_their_file_and_node(project, tiny):
+    """Two suites with checks of the same name can be told apart in the report."""
+    sub = project.path / "more"
+    sub.mkdir()
+    (sub / "prompts.jsonl").write_text(PROMPTS + "\n")
+    (sub / "forgetguard.yaml").write_text(
+        "checks:\n  - name: task-kl\n    kl: {prompts: prompts.jsonl, sample_from: dataset, budget: 1.0e9}\n"
+    )
+    result = run(project, tiny["base"], tiny["candidate"], "--fg-report-json", "r.json", "-k", "task-kl")
+    result.assert_outcomes(passed=2)
+    rows = json.loads((project.path / "r.json").read_text())["checks"]
+    assert [(r["name"], r["file"], r["nodeid"]) for r in rows] == [
+        ("task-kl", "forgetguard.yaml", "forgetguard.yaml::task-kl"),
+        ("task-kl", "more/forgetguard.yaml", "more/forgetguard.yaml::task-kl"),
+    ]
+
+
+def test_reports_are_readable_by_the_group_and_removed_when_a_run_starts(project, tiny):
+    old = os.umask(0o022)
+    try:
+        result = run(project, tiny["base"], tiny["candidate"], "--fg-report-json", "r.json", "--fg-report-md", "r.md")
+    finally:
+        os.umask(old)
+    result.assert_outcomes(passed=3)
+    for name in ("r.json", "r.md"):
+        assert stat.S_IMODE((project.path / name).stat().st_mode) == 0o644
+    cache_files = list((project.path / "cache").rglob("*.json"))
+    assert cache_files and all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in cache_files)
+
+
+KILLER = """
+import os, signal
+
+def pytest_runtest_call(item):
+    if item.name == "keeps-mc":
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of the run
+"""
+
+
+def subprocess_run(project, base, cand, *args, timeout=600):
+    cmd = [sys.executable, "-m", "pytest", "--forgetguard", "--fg-base", str(base), "--fg-candidate", str(cand),
+           "--fg-cache-dir", str(project.path / "cache"), "-p", "no:cacheprovider", "-q", *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=project.path, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_run_killed_with_sigkill_leaves_no_stale_report_and_no_broken_cache(project, tiny):
+    # A finished run of another candidate leaves a PASS report behind ...
+    first = subprocess_run(project, tiny["base"], tiny["twin"], "--fg-report-json", "r.json")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert all(r["passed"] for r in checks(project.path / "r.json").values())
+    # ... which a killed run of the next candidate must not leave in place.
+    project.path.joinpath("conftest.py").write_text(KILLER)
+    killed = subprocess_run(project, tiny["base"], tiny["candidate"], "--fg-report-json", "r.json")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (project.path / "r.json").exists()
+    # The cache the killed run was writing serves the next run as if nothing happened.
+    project.path.joinpath("conftest.py").unlink()
+    again = subprocess_run(project, tiny["base"], tiny["candidate"], "--fg-report-json", "r.json", "-W", "error")
+    assert again.returncode == 0, again.stdout + again.stderr
+    fresh = subprocess_run(
+        project, tiny["base"], tiny["candidate"], "--fg-report-json", "fresh.json", "--fg-cache-dir", "cache2"
+    )
+    assert fresh.returncode == 0
+    for name, row in checks(project.path / "r.json").items():
+        assert row["value"] == checks(project.path / "fresh.json")[name]["value"]
+
+
+def test_concurrent_runs_share_one_cache(project, tiny):
+    cmd = [sys.executable, "-m", "pytest", "--forgetguard", "--fg-base", str(tiny["base"]), "--fg-candidate",
+           str(tiny["candidate"]), "--fg-cache-dir", "cache", "-p", "no:cacheprovider", "-q"]  # fmt: skip
+    procs = [
+        subprocess.Popen([*cmd, "--fg-report-json", f"r{i}.json"], cwd=project.path, stdout=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    reports = [checks(project.path / f"r{i}.json") for i in range(3)]
+    assert reports[0] == reports[1] == reports[2]
+    for entry in (project.path / "cache").rglob("*.json"):
+        json.loads(entry.read_text())  # every entry whole
+    # A fourth run is served by the cache, without a warning.
+    again = subprocess.run([*cmd, "-W", "error::UserWarning"], cwd=project.path, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout
+
+
+def test_warnings_reach_every_surface(project, tiny):
+    """A candidate identical to its base: terminal (pytest's warnings and forgetguard's summary), JSON, Markdown."""
+    result = run(project, tiny["base"], tiny["twin"], "--fg-report-json", "r.json", "--fg-report-md", "r.md")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*ForgetguardWarning: candidate * is identical to the base*"])
+    result.stdout.fnmatch_lines(
+        [
+            "warnings:",
+            "  candidate * is identical to the base * (checks: task-kl ?twin?, keeps-mc ?twin?, weights ?twin?)",
+        ]
+    )
+    assert all("identical to the base" in r["details"]["warnings"][0] for r in checks(project.path / "r.json").values())
+    md = (project.path / "r.md").read_text()
+    assert "**Warnings**" in md and "- ⚠️ candidate" in md and "is identical to the base" in md
+
+
+def test_a_missing_device_is_one_usage_error_before_anything_loads(project, tiny):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run(project, tiny["base"], tiny["candidate"], "--fg-device", "cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: forgetguard: --fg-device: cuda was asked for, but this is a CPU-only build*"])
+    assert len(result.stderr.lines) <= 2 and "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("checks: !!python/object/apply:os.system ['touch PWNED']\n", "*could not determine a constructor*"),
+        ("checks:\n  - &a {name: x, drift: {max_relative_l2: 1}}\n  - *a\n", "*check 'x': duplicate name*"),
+        (
+            'a: &a ["lol","lol"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n'
+            "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+            "*unknown top-level key 'a'*",
+        ),
+        ("[" * 5000 + "]" * 5000 + "\n", "*nested too deeply*"),
+    ],
+    ids=["python-tag", "alias-duplicate", "billion-laughs", "deep-nesting"],
+)
+def test_hostile_yaml_is_a_collection_error_and_runs_nothing(pytester, tiny, content, message):
+    pytester.path.joinpath("forgetguard.yaml").write_text(content)
+    result = pytester.runpytest(
+        "--forgetguard", "--fg-base", str(tiny["base"]), "--fg-candidate", str(tiny["candidate"])
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error
+    result.stdout.fnmatch_lines([message])
+    assert not (pytester.path / "PWNED").exists()
+
+
+def test_wrong_encodings_name_the_file_and_line(project, tiny):
+    project.path.joinpath("prompts.jsonl").write_bytes(
+        json.dumps({"prompt": "ok", "response": " yes"}).encode() + b'\n{"prompt": "caf\xe9", "response": " x"}\n'
+    )
+    project.path.joinpath("forgetguard.yaml").write_text(SUITE.split("  - name: keeps-mc")[0])
+    (project.path / "other.forgetguard.yaml").write_bytes("checks: []\n".encode("utf-16"))
+    result = run(project, tiny["base"], tiny["candidate"])
+    result.stdout.fnmatch_lines(
+        ["*other.forgetguard.yaml: cannot read: the file is UTF-16, not UTF-8; save it as UTF-8*"]
+    )
+    result = run(project, tiny["base"], tiny["candidate"], "forgetguard.yaml")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*prompts.jsonl:2: not UTF-8 (byte 0xe9 at column 16); save the file as UTF-8*"])
+
+
+def test_a_task_yaml_that_does_not_parse_is_named_with_its_error(project, tiny):
+    (project.path / "tasks" / "broken.yaml").write_text("task: tiny_broken\ndataset_path: json\n  bad: [indent\n")
+    project.path.joinpath("forgetguard.yaml").write_text(
+        "checks:\n  - name: keeps\n    retention: {task: tiny_broken, include_path: tasks, max_drop: 1.0}\n"
+    )
+    result = run(project, tiny["base"], tiny["candidate"])
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*task YAML */tasks/broken.yaml (which names task 'tiny_broken') could not be read: *"]
+    )
+
+
+def test_a_path_typo_is_not_reported_as_a_hub_lookup(project, tiny):
+    (project.path / "models").mkdir()
+    result = run(project, tiny["base"], "models/candidat")
+    result.stdout.fnmatch_lines(
+        ["*model SPEC 'models/candidat': no such file or directory*models/ is a local directory*"]
+    )
+
+
+def test_the_function_tag_of_a_task_yaml_is_the_task_authors_code(project, tiny):
+    """lm-eval's ``!function`` runs Python next to the task YAML, like a conftest.py: documented, not a model's code.
+
+    Model repositories are what --fg-trust-remote-code guards (tests/unit/test_faults.py)."""
+    tasks = project.path / "tasks"
+    (tasks / "utils.py").write_text(
+        textwrap.dedent("""
+        import pathlib
+        pathlib.Path(__file__).with_name("RAN").write_text("task code ran")
+        def process(dataset):
+            return dataset
+        """)
+    )
+    yaml = (tasks / "mc.yaml").read_text().replace(
+        "task: tiny_mc", "task: tiny_fn"
+    ) + "process_docs: !function utils.process\n"
+    (tasks / "fn.yaml").write_text(yaml)
+    project.path.joinpath("forgetguard.yaml").write_text(
+        "checks:\n  - name: keeps\n    retention: {task: tiny_fn, include_path: tasks, max_drop: 1.0}\n"
+    )
+    run(project, tiny["base"], tiny["candidate"]).assert_outcomes(passed=1)
+    assert (tasks / "RAN").exists()

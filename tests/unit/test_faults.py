@@ -1,0 +1,320 @@
+"""The fault matrix, through the API: a broken model never passes a check, in any order of checks.
+
+Each case runs the three kinds of check on one (base, candidate) pair in one
+order, with budgets no real model could exceed, so the only way to pass is
+to measure a broken model. Every check must error; the first names the
+fault, every later one repeats it and names the check that found it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+from lmeval_tasks import write_tasks
+
+from pytest_forgetguard.cache import ResultCache
+from pytest_forgetguard.comparison import Forgetguard
+from pytest_forgetguard.errors import (
+    CheckFailed,
+    ForgetguardError,
+    ForgetguardWarning,
+    IncompatibleModelsError,
+    ModelLoadError,
+    NonFiniteError,
+    PromptFileError,
+    TokenizerMismatchError,
+)
+from pytest_forgetguard.models import ModelStore
+from pytest_forgetguard.retention import _reduce, invalid_task_run
+
+ITEMS = [
+    {"prompt": "The for statement", "response": " executes the suite once for each item."},
+    {"prompt": "A class definition", "response": " defines a class object."},
+]
+KINDS = ("kl", "retention", "drift")
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return write_tasks(tmp_path_factory.mktemp("faults") / "tasks")
+
+
+def run_check(fg: Forgetguard, kind: str, tasks) -> None:
+    """One check with a budget nothing finite exceeds (drift: relative L2 of 1e30)."""
+    if kind == "kl":
+        fg.assert_kl_budget(ITEMS, budget=1e9, sample_from="dataset", name="kl")
+    elif kind == "retention":
+        fg.assert_retained("tiny_mc", include_path=tasks, max_drop=1.0, gate="significant", name="retention")
+    else:
+        fg.assert_drift(max_relative_l2=1e30, name="drift")
+
+
+def pair(paths: dict, base: str, cand: str, **store_options) -> tuple[Forgetguard, list]:
+    store = ModelStore(device="cpu", dtype="float32", **store_options)
+    b = store.get(str(paths[base]), role="base")
+    records: list = []
+    return Forgetguard(b, store.get(str(paths[cand]), base=b), record=records.append), records
+
+
+FAULTS = [
+    # (broken role, base, candidate, what the first error says)
+    ("candidate", "base", "nan", r"has 1 NaN/inf value"),
+    ("candidate", "base", "overflow", r"gives NaN/inf logits on a plain input"),
+    ("candidate", "base", "nan_lora", r"lora_B.*has 1 NaN/inf value"),
+    ("candidate", "base", "overflow_lora", r"gives NaN/inf logits on a plain input"),
+    ("base", "nan", "candidate", r"has 1 NaN/inf value"),
+    ("base", "overflow", "candidate", r"gives NaN/inf logits on a plain input"),
+]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(KINDS)), ids="-".join)
+@pytest.mark.parametrize(
+    "broken, base, cand, first_error", FAULTS, ids=[f[2] if f[0] == "candidate" else "base-" + f[1] for f in FAULTS]
+)
+def test_a_broken_model_errors_in_every_check_in_every_order(
+    tiny, faulty, tasks, order, broken, base, cand, first_error
+):
+    fg, records = pair({**tiny, **faulty}, base, cand)
+    for kind in order:
+        with pytest.raises(NonFiniteError) as info:
+            run_check(fg, kind, tasks)
+        assert not isinstance(info.value, CheckFailed)
+    assert [r.name for r in records] == list(order)
+    assert all(r.error is not None and not r.passed and r.verdict == "ERROR" for r in records)
+    first, *later = records
+    assert re.search(first_error, first.error), first.error
+    for rec in later:
+        # The same error again, naming the check that found it: the model was never used after it failed.
+        assert re.search(first_error, rec.error), rec.error
+        assert f"failed in check {order[0]!r}; a model that failed a check is never used again" in rec.error
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(KINDS)), ids="-".join)
+def test_a_model_that_breaks_on_some_inputs_is_unusable_once_found(tiny, faulty, tasks, order):
+    """Finite outputs on a plain input, NaN on the KL prompts. A check that ran before the fault showed
+    measured finite numbers; the KL check finds it; every check after that errors, so the run fails."""
+    fg, records = pair({**tiny, **faulty}, "base", "unstable_lora")
+    for kind in order:
+        try:
+            run_check(fg, kind, tasks)
+        except (ForgetguardError, CheckFailed):
+            pass
+    by_name = {r.name: r for r in records}
+    assert "NaN/inf" in by_name["kl"].error
+    found = next(i for i, r in enumerate(records) if r.error)
+    for rec in records[:found]:
+        assert rec.error is None and math.isfinite(rec.value)  # measured on finite outputs (drift: a real failure)
+    for rec in records[found + 1 :]:
+        assert rec.verdict == "ERROR" and f"failed in check {records[found].name!r}" in rec.error
+    assert not all(r.passed for r in records)
+
+
+def test_an_unusable_model_keeps_no_module(tiny):
+    fg, _ = pair(tiny, "base", "nan")
+    with pytest.raises(NonFiniteError):
+        fg.candidate.load()
+    assert not fg.candidate.loaded and fg.candidate.failure is not None
+    for use in (lambda: fg.candidate.model, lambda: fg.candidate.tokenizer, lambda: fg.candidate.active().__enter__()):
+        with pytest.raises(NonFiniteError, match="failed in loading"):
+            use()
+
+
+def test_a_base_that_fails_makes_its_adapters_unusable(tiny, faulty):
+    """A PEFT candidate runs on its base's weights: when the base is found broken later, so is the candidate."""
+    store = ModelStore(device="cpu", dtype="float32")
+    base = store.get(str(tiny["base"]), role="base")
+    cand = store.get(str(tiny["lora"]), base=base)
+    cand.load()
+    base.fail(NonFiniteError("NaN hidden states found by a later check"))
+    with pytest.raises(NonFiniteError, match="NaN hidden states found by a later check"):
+        cand.load()
+
+
+def test_nan_logits_that_reach_lm_eval_are_an_error_not_a_score(tiny, tasks):
+    """Without the load-time checks (check_weights=False) the NaN model reaches lm-eval, whose argmax of
+    NaN logits would give a finite accuracy; the forward hook refuses it and the model is unusable after."""
+    fg, records = pair(tiny, "base", "nan", check_weights=False)
+    with pytest.raises(NonFiniteError, match="produced NaN/inf logits under lm-eval"):
+        run_check(fg, "retention", tasks)
+    with pytest.raises(NonFiniteError, match="failed in check 'retention'"):
+        run_check(fg, "drift", tasks)
+    assert [r.verdict for r in records] == ["ERROR", "ERROR"]
+
+
+def test_nan_logits_in_kl_make_the_model_unusable(tiny, tasks):
+    fg, records = pair(tiny, "base", "nan", check_weights=False)
+    with pytest.raises(NonFiniteError, match=r"KL is NaN/inf at prompt \d+, response token \d+: candidate"):
+        run_check(fg, "kl", tasks)
+    with pytest.raises(NonFiniteError, match="failed in check 'kl'"):
+        run_check(fg, "retention", tasks)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("acc", math.nan),
+        ("acc", math.inf),
+        ("resps", [[[math.nan, False]]]),
+        ("filtered_resps", [[math.inf, True]]),
+    ],
+)
+def test_non_finite_per_item_numbers_are_an_error(field, value):
+    class Task:
+        def aggregation(self):
+            return {"acc": np.mean}
+
+        class config:
+            output_type = "multiple_choice"
+
+    sample = {"doc_id": 0, "doc_hash": "h", "filter": "none", "acc": 1.0, "resps": [[[-1.0, False]]],
+              "filtered_resps": [[-1.0, False]], "arguments": [], "target": 0}  # fmt: skip
+    sample[field] = value
+    res = {"samples": {"t": [sample]}, "higher_is_better": {"t": {"acc": True}}, "results": {"t": {}}}
+    with pytest.raises(NonFiniteError, match="task 't', item 0"):
+        _reduce(res, {"t": Task()}, label="candidate 'x'")
+    # A log-likelihood of -inf (a token the model rules out) is a number, not a fault.
+    sample.update({"acc": 0.0, "resps": [[[-math.inf, False]]], "filtered_resps": [[-math.inf, False]]})
+    assert _reduce(res, {"t": Task()})["t"].samples[0]["metrics"] == {"acc": 0.0}
+
+
+def test_tokenizer_mismatch_makes_the_candidate_unusable(tiny, faulty, tasks):
+    fg, records = pair({**tiny, **faulty}, "base", "swapped_tokens")
+    with pytest.raises(TokenizerMismatchError, match="tokenizers differ at token id"):
+        run_check(fg, "kl", tasks)
+    with pytest.raises(TokenizerMismatchError, match="failed in check 'kl'"):
+        run_check(fg, "drift", tasks)
+
+
+def test_a_vocabulary_size_mismatch_is_an_option_not_a_fault(tiny):
+    """Different sizes with the same tokens: refused without the option, compared with it (not poisoned)."""
+    fg, _ = pair(tiny, "base", "bigvocab")
+    with pytest.raises(IncompatibleModelsError, match="vocabulary sizes differ"):
+        fg.kl(ITEMS, sample_from="dataset")
+    result = fg.kl(ITEMS, sample_from="dataset", allow_vocab_mismatch=True)
+    assert math.isfinite(result.value)
+
+
+def test_drift_between_different_tokenizers_warns(tiny, faulty, tasks):
+    """Same weights, two token ids swapped in the tokenizer: drift is 0 and passes, with a warning saying
+    the two models do not read text the same way; a KL check of the pair is an error."""
+    fg, records = pair({**tiny, **faulty}, "base", "swapped_tokens")
+    with pytest.warns(ForgetguardWarning, match="tokenizers differ at token id .* the weights were compared"):
+        run_check(fg, "drift", tasks)
+    assert records[0].passed and "tokenizers differ" in records[0].details["warnings"][0]
+    with pytest.raises(TokenizerMismatchError):
+        run_check(fg, "kl", tasks)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("truncated", r"could not load model .*truncated"),
+        ("bad_config", r"could not load .*bad_config"),
+        (
+            "pickle_lora",
+            r"PEFT adapter directory .* has no .safetensors weights\. It has pickle weights \(adapter_model\.bin\)",
+        ),
+    ],
+)
+def test_bad_model_files_are_a_clear_load_error(tiny, faulty, tasks, spec, message):
+    fg, records = pair({**tiny, **faulty}, "base", spec)
+    with pytest.raises(ModelLoadError, match=message):
+        run_check(fg, "kl", tasks)
+    with pytest.raises(ModelLoadError, match="failed in check 'kl'"):
+        run_check(fg, "drift", tasks)
+
+
+def test_remote_code_never_runs_without_the_flag(tiny, faulty):
+    fg, _ = pair({**tiny, **faulty}, "base", "remote_code")
+    with pytest.raises(ModelLoadError) as info:
+        fg.drift()
+    assert "--fg-trust-remote-code" in str(info.value) and "trust_remote_code=True" not in str(info.value)
+    assert not (faulty["remote_code"] / "CODE_RAN").exists()
+
+
+def test_an_adapter_that_changes_nothing_warns_on_every_check(tiny, faulty, tasks):
+    fg, records = pair({**tiny, **faulty}, "base", "zero_lora")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_check(fg, "kl", tasks)
+        run_check(fg, "drift", tasks)
+    assert any("changes nothing: every LoRA B matrix is zero" in str(w.message) for w in caught)
+    for rec in records:
+        assert rec.passed and any("changes nothing" in w for w in rec.details["warnings"])
+
+
+def test_an_over_long_prompt_is_an_error_before_any_scoring(tiny):
+    fg, _ = pair(tiny, "base", "candidate")
+    long = {"prompt": "word " * 600, "response": " end"}  # the tiny models read 512 positions
+    with pytest.raises(
+        PromptFileError,
+        match=r"prompt 1 \(prompts: item 1\) is \d+ tokens, \+ \d+ response tokens = \d+, more than the context window of base .* \(512 tokens\)",
+    ):
+        fg.kl([ITEMS[0], long], sample_from="dataset")
+    with pytest.raises(PromptFileError, match=r"or lower max_new_tokens"):
+        fg.kl([{"prompt": "word " * 500}], max_new_tokens=64)
+
+
+@pytest.mark.parametrize(
+    "tamper, why",
+    [
+        (lambda p: {k: v for k, v in p.items() if k != "samples"}, "expected the fields"),
+        (lambda p: {**p, "task": "other"}, "it holds task 'other'"),
+        (lambda p: {**p, "samples": []}, "no items"),
+        (lambda p: {**p, "samples": [{**p["samples"][0], "metrics": {"acc": "1"}}]}, "not a number"),
+        (lambda p: {**p, "samples": [{**p["samples"][0], "doc_id": "0"}]}, "no integer doc_id"),
+        (lambda p: {**p, "higher_is_better": {"acc": "yes"}}, "higher_is_better"),
+        (lambda p: [p], "expected the fields"),
+    ],
+)
+def test_a_poisoned_retention_cache_entry_is_recomputed_and_replaced(tiny, tasks, tmp_path, tamper, why):
+    root = tmp_path / "cache"
+    fg, _ = pair(tiny, "base", "candidate")
+    fg.cache = ResultCache(root)
+    clean = fg.retention("tiny_mc", include_path=tasks)
+    [entry] = list((root / "retention-base").rglob("*.json"))
+    data = json.loads(entry.read_text())
+    data["payload"] = tamper(data["payload"])
+    entry.write_text(json.dumps(data))
+    assert invalid_task_run(data["payload"], "tiny_mc") is not None
+    fg2, _ = pair(tiny, "base", "candidate")
+    fg2.cache = ResultCache(root, warn=(seen := []).append)
+    again = fg2.retention("tiny_mc", include_path=tasks)
+    assert (again.base_value, again.candidate_value, again.n) == (clean.base_value, clean.candidate_value, clean.n)
+    assert len(seen) == 1 and why in seen[0] and "recomputing" in seen[0]
+    # Replaced: a third run reads the entry back without a word.
+    assert invalid_task_run(json.loads(entry.read_text())["payload"], "tiny_mc") is None
+    fg3, _ = pair(tiny, "base", "candidate")
+    fg3.cache = ResultCache(root, warn=(quiet := []).append)
+    fg3.retention("tiny_mc", include_path=tasks)
+    assert quiet == [] and fg3.cache.hits == 1
+
+
+def test_every_cache_read_in_the_package_is_validated():
+    """A cache namespace added later must validate its entries too: every ``cache.load`` passes ``validate``."""
+    import ast
+    import pathlib
+
+    import pytest_forgetguard
+
+    unvalidated = []
+    for path in pathlib.Path(pytest_forgetguard.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                owner = ast.unparse(node.func.value)
+                if "cache" in owner and not any(k.arg == "validate" for k in node.keywords) and len(node.args) < 3:
+                    unvalidated.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert unvalidated == []
+
+
+def test_retention_limit_must_be_a_count_or_a_fraction(tiny, tasks):
+    fg, _ = pair(tiny, "base", "candidate")
+    for bad in (1.5, 0, -1, True, "2"):
+        with pytest.raises(ValueError, match="whole number .* or a fraction in \\(0, 1\\]"):
+            fg.retention("tiny_mc", include_path=tasks, limit=bad)
