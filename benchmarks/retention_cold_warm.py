@@ -29,8 +29,8 @@ def main() -> None:
 
     from pytest_forgetguard.cache import ResultCache
     from pytest_forgetguard.comparison import Forgetguard
+    from pytest_forgetguard.lmeval import PROBES_DIR
     from pytest_forgetguard.models import ModelStore
-    from pytest_forgetguard.retention import PROBES_DIR
 
     store = ModelStore()
     base = store.get(args.base, role="base")

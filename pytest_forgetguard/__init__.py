@@ -1,7 +1,7 @@
 """pytest-forgetguard: gate fine-tuned models on drift from their base.
 
 Run ``pytest --forgetguard --fg-base BASE --fg-candidate CANDIDATE``; see the
-README for fixtures, suite files and reports. Public names are importable
+documentation (docs/) for fixtures, suite files and reports. Public names are importable
 from here without importing torch::
 
     from pytest_forgetguard import KLBudgetExceeded, DriftExceeded
@@ -20,10 +20,12 @@ from .errors import (
     ModelLoadError,
     NonFiniteError,
     PromptFileError,
+    RetentionError,
     SuiteError,
+    TokenizerMismatchError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one place the version is written (pyproject reads it)
 
 __all__ = [
     "CapabilityForgotten",
@@ -36,6 +38,8 @@ __all__ = [
     "ModelLoadError",
     "NonFiniteError",
     "PromptFileError",
+    "RetentionError",
     "SuiteError",
+    "TokenizerMismatchError",
     "__version__",
 ]

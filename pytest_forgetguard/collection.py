@@ -16,6 +16,7 @@ import pytest
 
 from .errors import CheckFailed, ForgetguardError, SuiteError
 from .records import candidate_id
+from .stash import SESSION_KEY
 from .suite import CheckSpec, Suite, load_suite
 
 
@@ -28,8 +29,6 @@ class SuiteFile(pytest.File):
             suite = load_suite(self.path, display=display)
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from None
-        from .plugin import SESSION_KEY
-
         session = self.config.stash[SESSION_KEY]
         candidates = session.candidate_specs(suite.candidates) or (None,)
         # Marks of every check are resolved before the first item is made: one bad mark fails the file.
@@ -74,7 +73,6 @@ class CheckItem(pytest.Item):
         self.add_marker(pytest.mark.forgetguard)
 
     def runtest(self) -> None:
-        from .plugin import SESSION_KEY
         from .session import run_check
 
         session = self.config.stash[SESSION_KEY]

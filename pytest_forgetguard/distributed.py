@@ -342,3 +342,63 @@ class DataParallel:
                 self._owned = False
             self._ready = False
             self._group = None
+
+
+# -- sharded checks ------------------------------------------------------------------
+
+
+def token_digest(prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]] | None = None) -> str:
+    """sha256 of encoded prompts (and fixed responses): equal on ranks that read the same data.
+
+    >>> token_digest([[1, 2]]) == token_digest([[1, 2]]) != token_digest([[1, 3]])
+    True
+    """
+    import hashlib
+    import json
+
+    blob = json.dumps([[list(map(int, p)) for p in prompt_ids], responses and [list(map(int, r)) for r in responses]])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_sharded(
+    parallel: DataParallel,
+    what: str,
+    n: int,
+    digest: str,
+    compute: Callable[[list[int]], list[T]],
+    models: Mapping[str, Any],
+) -> list[T]:
+    """Every rank computes its shard of ``n`` items; every rank gets all ``n`` results, in item order.
+
+    ``compute(positions)`` returns one result per position of this rank's
+    shard. ``digest`` proves the ranks read the same items (a mismatch is a
+    :class:`DistributedError` on every rank). ``models`` (role -> a
+    :class:`~pytest_forgetguard.models.ModelLike`) are kept in agreement: a
+    model one rank finds unusable is marked unusable on every rank, so the
+    ranks reach the same verdicts on every later check.
+    """
+    mine = shard(range(n), parallel.rank, parallel.world_size)
+
+    def work() -> tuple[str, list[T]]:
+        try:
+            return digest, compute(mine) if mine else []  # more ranks than items: nothing to compute here
+        except Exception as exc:
+            setattr(exc, UNUSABLE_ATTR, tuple(r for r, m in models.items() if m.failure is not None))
+            raise
+
+    try:
+        parts = parallel.exchange(what, work, device=str(next(iter(models.values())).device))
+    except ForgetguardError as exc:
+        # Another rank found a model broken: it is as unusable here. (Other exception types arrive as a
+        # DistributedError naming them, and mark nothing.)
+        for role in getattr(exc, UNUSABLE_ATTR, ()):
+            if models[role].failure is None:
+                models[role].fail(exc)
+        raise
+    digests = [d for d, _ in parts]
+    if len(set(digests)) > 1:
+        raise DistributedError(
+            f"ranks read different prompts for {what} (token digests {', '.join(d[:12] for d in digests)}): "
+            "every rank must see the same prompt file and tokenizer (on several nodes: the same files)"
+        )
+    return unshard([part for _, part in parts])

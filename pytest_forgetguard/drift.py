@@ -17,15 +17,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import IncompatibleModelsError, NonFiniteError
+from .records import CheckRecord
 
 if TYPE_CHECKING:
     import torch
 
-    from .models import ModelHandle
+    from .models import ModelLike
 
 LAYER_RE = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
 
@@ -46,9 +47,56 @@ class DriftResult:
     n_tensors: int
     tolerance: float
     layers: tuple[LayerDrift, ...]
+    # The gate's limits (``relative_l2``, ``changed_fraction``; None: not gated), set by assert_drift.
+    limits: dict[str, float | None] = field(default_factory=dict, compare=False)
 
     def worst_layers(self, k: int = 5) -> list[LayerDrift]:
         return sorted(self.layers, key=lambda l: -l.relative_l2)[:k]
+
+    @property
+    def values(self) -> dict[str, float]:
+        return {"relative_l2": self.relative_l2, "changed_fraction": self.changed_fraction}
+
+    @property
+    def metric(self) -> str:
+        """The gated number: ``relative_l2`` when it has a limit, else ``changed_fraction``."""
+        return "relative_l2" if self.limits.get("relative_l2") is not None else "changed_fraction"
+
+    def over(self) -> list[str]:
+        """Each limit exceeded (or not measurable: NaN never passes), as ``name = value > limit``."""
+        values = self.values
+        return [
+            f"{k} = {values[k]:.6g} > {limit:g}"
+            for k, limit in self.limits.items()
+            if limit is not None and not (math.isfinite(values[k]) and values[k] <= limit)
+        ]
+
+    @property
+    def passed(self) -> bool:
+        return any(v is not None for v in self.limits.values()) and not self.over()
+
+    def to_record(self, name: str, candidate: str) -> CheckRecord:
+        """The check's row in the reports: the gated value, its limit, and both measures."""
+        return CheckRecord(
+            name=name,
+            kind="drift",
+            candidate=candidate,
+            metric=self.metric,
+            value=self.values[self.metric],
+            budget=self.limits.get(self.metric),
+            n=self.n_params,
+            details={**self.values, "tolerance": self.tolerance, "n_tensors": self.n_tensors},
+        )
+
+    def failure_message(self, candidate: str) -> str:
+        worst = "\n".join(
+            f"    {l.name}: relative L2 {l.relative_l2:.4g}, {100 * l.changed_fraction:.1f}% changed"
+            for l in self.worst_layers(5)
+        )
+        return (
+            f"weight drift of candidate {candidate!r} exceeds its limit: {'; '.join(self.over())}\n"
+            f"  {self.summary()}\n  layers that moved most:\n{worst}"
+        )
 
     def summary(self) -> str:
         return (
@@ -62,7 +110,7 @@ def _layer_of(name: str) -> str:
     return m.group(1) if m else name.rsplit(".", 1)[0]
 
 
-def effective_parameters(handle: "ModelHandle") -> Iterator[tuple[str, "torch.Tensor"]]:
+def effective_parameters(handle: "ModelLike") -> Iterator[tuple[str, "torch.Tensor"]]:
     """(canonical name, tensor) of the weights the model computes with.
 
     For PEFT-wrapped models the LoRA layers are folded in for the active
@@ -104,11 +152,11 @@ def effective_parameters(handle: "ModelHandle") -> Iterator[tuple[str, "torch.Te
 def _ratio(d2: float, b2: float) -> float:
     """||delta|| / ||base||; a change of an all-zero tensor is infinitely large."""
     if b2 > 0:
-        return (d2 / b2) ** 0.5
+        return float((d2 / b2) ** 0.5)
     return 0.0 if d2 == 0 else float("inf")
 
 
-def weight_drift(base: "ModelHandle", candidate: "ModelHandle", tolerance: float = 1e-5) -> DriftResult:
+def weight_drift(base: "ModelLike", candidate: "ModelLike", tolerance: float = 1e-5) -> DriftResult:
     """Compare all parameters of ``candidate`` to ``base`` (float64 accumulation)."""
     import torch
 

@@ -32,6 +32,10 @@ class PromptFileError(ForgetguardError):
     """A prompt file is missing, empty or malformed."""
 
 
+class RetentionError(ForgetguardError):
+    """A retention check cannot run: unknown task or metric, unpaired items."""
+
+
 class SuiteError(ForgetguardError):
     """A suite file is malformed; the message names the file, check and key."""
 
@@ -62,13 +66,3 @@ class DriftExceeded(CheckFailed):
 
 class CapabilityForgotten(CheckFailed):
     """The candidate scores worse than the base beyond the allowed drop."""
-
-
-def require(module: str, extra: str) -> None:
-    """Raise :class:`MissingDependencyError` if ``module`` cannot be imported."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(
-            f"{module!r} is required for this feature: pip install 'pytest-forgetguard[{extra}]'"
-        )

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
 import shutil
 import tempfile
@@ -136,3 +137,23 @@ def read_text(path: Path, what: str = "file") -> str:
     except OSError as exc:
         raise TextFileError(str(path), f"cannot read this {what}: {exc.strerror or exc}") from None
     return decode_utf8(data, str(path))
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 (hex) of a file's bytes, remembered for the process by path, size and modification time.
+
+    Model weights are hashed for fingerprints, cache keys and GGUF-copy
+    checks: the memo makes each 500 MB file cost one read per process.
+    """
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from .cache import ResultCache
-    from .models import ModelHandle
+    from .models import ModelLike
 
 SAMPLES_NAMESPACE = "samples"
 # Bump when the sampling algorithm changes what a given key produces
@@ -62,7 +62,7 @@ class _RowSampler:
     """
 
     def __init__(
-        self, handle: "ModelHandle", generators: list["torch.Generator"], temperature: float, vocab: int | None
+        self, handle: "ModelLike", generators: list["torch.Generator"], temperature: float, vocab: int | None
     ) -> None:
         self.handle = handle
         self.generators = generators
@@ -112,7 +112,7 @@ def forward_names(model: Any) -> tuple[str, dict[str, int]]:
 
 
 def sample_responses(
-    handle: "ModelHandle",
+    handle: "ModelLike",
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     seed: int,
@@ -212,7 +212,7 @@ def sample_responses(
     return out
 
 
-def _eos_ids(handle: "ModelHandle") -> list[int]:
+def _eos_ids(handle: "ModelLike") -> list[int]:
     """Every id that ends a response: the generation config's EOS ids and the tokenizer's."""
     ids: set[int] = set()
     cfg = getattr(handle.raw_model, "generation_config", None)
@@ -229,13 +229,13 @@ def _eos_ids(handle: "ModelHandle") -> list[int]:
 # -- the cache -----------------------------------------------------------------------
 
 
-def _library_versions(handle: "ModelHandle") -> dict[str, str]:
+def _library_versions(handle: "ModelLike") -> dict[str, str]:
     """Versions of the code that runs the model: a new kernel can round differently and flip a draw."""
     import torch
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-    if handle.spec.kind == "peft":
+    if handle.is_adapter:
         import peft
 
         versions["peft"] = peft.__version__
@@ -243,7 +243,7 @@ def _library_versions(handle: "ModelHandle") -> dict[str, str]:
 
 
 def samples_cache_key(
-    handle: "ModelHandle",
+    handle: "ModelLike",
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     seed: int,
@@ -275,8 +275,8 @@ def samples_cache_key(
         temperature=repr(float(temperature)),
         vocab=vocab,
         eos=_eos_ids(handle),
-        dtype=handle.store.dtype,
-        device=handle.store.device.split(":")[0],
+        dtype=handle.dtype,
+        device=handle.device_class,
         versions=_library_versions(handle),
     )
 
@@ -301,7 +301,7 @@ def _invalid_payload(payload: Any, n_prompts: int, max_new_tokens: int, vocab: i
 
 
 def cached_sample_responses(
-    handle: "ModelHandle",
+    handle: "ModelLike",
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     seed: int,

@@ -28,14 +28,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import NonFiniteError
+from .records import CheckRecord
+from .schema import KL_KEYS
 from .stats import cluster_bootstrap_ratio, percentiles
 
 if TYPE_CHECKING:
     import torch
 
-    from .models import ModelHandle
+    from .models import ModelLike
 
-DIRECTIONS = ("forward", "reverse", "symmetric")
+DIRECTIONS: tuple[str, ...] = KL_KEYS["direction"].enum
 METRICS = {"forward": "kl_forward_mean", "reverse": "kl_reverse_mean", "symmetric": "kl_symmetric_mean"}
 
 
@@ -66,7 +68,7 @@ class PromptKL:
             return self.forward
         if direction == "reverse":
             return self.reverse
-        return (self.forward + self.reverse) / 2.0
+        return np.asarray((self.forward + self.reverse) / 2.0)
 
     @property
     def n_tokens(self) -> int:
@@ -154,7 +156,7 @@ class KLResult:
             raise ValueError(f"n must be an integer >= 2 (the 0 and 1 levels), got {n!r}")
         tokens = np.concatenate([p.values(self.direction) for p in self.prompts])
         # numpy's default (linear) interpolation, as for median/p90/p99 above.
-        return np.quantile(tokens, np.linspace(0.0, 1.0, n))
+        return np.asarray(np.quantile(tokens, np.linspace(0.0, 1.0, n)))
 
     def worst(self, k: int = 3, positions: int = 3) -> list[WorstPrompt]:
         """The ``k`` prompts with the highest mean KL, each with its worst positions."""
@@ -193,6 +195,54 @@ class KLResult:
             f"{self.sample_from}); median {self.median:.4g}, p90 {self.p90:.4g}, p99 {self.p99:.4g}, "
             f"max {self.max:.4g}; forward {self.forward_mean:.6g}, reverse {self.reverse_mean:.6g}; "
             f"top-1 agreement {100 * self.top1_agreement:.1f}%"
+        )
+
+    @property
+    def passed(self) -> bool:
+        """Whether the gated value is finite and within ``budget`` (False while no budget is set)."""
+        return self.finite and self.budget is not None and self.value <= self.budget
+
+    def to_record(self, name: str, candidate: str) -> CheckRecord:
+        """The check's row in the reports: the value, budget, CI, n and the per-token KL distribution."""
+        return CheckRecord(
+            name=name,
+            kind="kl",
+            candidate=candidate,
+            metric=self.metric,
+            value=self.value,
+            budget=self.budget,
+            ci_low=self.ci_low,
+            ci_high=self.ci_high,
+            n=self.n_prompts,
+            details={
+                "n_tokens": self.n_tokens,
+                "sample_from": self.sample_from,
+                "kl_forward_mean": self.forward_mean,
+                "kl_reverse_mean": self.reverse_mean,
+                "median": self.median,
+                "p90": self.p90,
+                "p99": self.p99,
+                "max": self.max,
+                "top1_agreement": self.top1_agreement,
+                # The per-token KL distribution (0th..100th percentile) for plots: a fixed 101 numbers
+                # whatever the token count, rounded to 6 significant digits to keep JSON short.
+                "kl_quantiles": [float(f"{q:.6g}") for q in self.quantiles(101)],
+            },
+        )
+
+    def failure_message(self, candidate: str, base: str) -> str:
+        """What a failed budget says: the value against the budget, the margin, the CI, n and where the
+        two models disagree most."""
+        budget = self.budget if self.budget is not None else float("nan")
+        margin = self.value - budget
+        return (
+            f"KL budget exceeded for candidate {candidate!r} vs base {base!r}:\n"
+            f"  {self.metric} = {self.value:.6g} nats/token > budget {budget:g} "
+            f"(over by {margin:.4g}{f', {100 * margin / budget:.0f}%' if budget else ''})\n"
+            f"  95% CI {self.ci_low:.4g}..{self.ci_high:.4g}, n = {self.n_prompts} prompts, "
+            f"{self.n_tokens} response tokens\n"
+            f"  {self.summary()}\n"
+            f"  prompts where the models disagree most:\n{self.format_worst()}"
         )
 
     def format_worst(self, k: int = 3) -> str:
@@ -242,7 +292,7 @@ class _Scorer:
     per micro-batch, which is still bounded by the micro-batch.
     """
 
-    def __init__(self, handle: "ModelHandle") -> None:
+    def __init__(self, handle: "ModelLike") -> None:
         self.handle = handle
         self.split: bool | None = None
         self.head: Any = None  # the LM head module, once the body has run
@@ -277,7 +327,8 @@ class _Scorer:
                 out = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             else:
                 out = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            return out[rows, cols]
+            picked: torch.Tensor = out[rows, cols]
+            return picked
 
     def first_non_finite(self, states: "torch.Tensor") -> int | None:
         """The first position whose hidden state (or logits, in fallback mode) is NaN/inf; None when all are finite.
@@ -352,8 +403,8 @@ def _project(head: Any, states: "torch.Tensor", vocab: int | None, out: "torch.T
 
 
 def teacher_forced_kl(
-    base: "ModelHandle",
-    candidate: "ModelHandle",
+    base: "ModelLike",
+    candidate: "ModelLike",
     sequences: Sequence[TokenSequence],
     direction: str = "forward",
     sample_from: str = "dataset",
@@ -419,19 +470,7 @@ def teacher_forced_kl(
             row_t, col_t = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
             hb = scorers[0].hidden(ids, mask, row_t, col_t)
             hc = scorers[1].hidden(ids, mask, row_t, col_t)
-            for scorer, states in zip(scorers, (hb, hc)):
-                at = scorer.first_non_finite(states)
-                if at is not None:
-                    # Per model, before the two are combined: the error names the model at fault, which
-                    # is then unusable for every later check.
-                    where = _locate(batch, at)
-                    what = "hidden states" if scorer.split else "logits"
-                    raise scorer.handle.fail(
-                        NonFiniteError(
-                            f"KL is NaN/inf at {where}: {scorer.handle.role} {scorer.handle.label!r} produced "
-                            f"NaN/inf {what} there (weights that overflow, or a diverged fine-tune)"
-                        )
-                    )
+            _refuse_non_finite(scorers, (hb, hc), batch)
             fwd, rev, tb, tc = _kl_slices(scorers, hb, hc, slice_positions, vocab, work)
             offset = 0
             for i, s in zip(picked, batch):
@@ -459,6 +498,26 @@ def teacher_forced_kl(
             task.advance(len(batch))
     prompts = [results[s.index] for s in sequences]
     return KLResult(direction=direction, sample_from=sample_from, prompts=prompts, decode=decode, seed=seed)
+
+
+def _refuse_non_finite(
+    scorers: tuple[_Scorer, _Scorer], states: tuple["torch.Tensor", "torch.Tensor"], batch: Sequence[TokenSequence]
+) -> None:
+    """Raise, and mark the model unusable, when a model's hidden states (or logits) are NaN/inf.
+
+    Per model, before the two are combined: the error names the model at fault, which is then
+    unusable for every later check.
+    """
+    for scorer, hidden in zip(scorers, states):
+        at = scorer.first_non_finite(hidden)
+        if at is not None:
+            what = "hidden states" if scorer.split else "logits"
+            raise scorer.handle.fail(
+                NonFiniteError(
+                    f"KL is NaN/inf at {_locate(batch, at)}: {scorer.handle.role} {scorer.handle.label!r} "
+                    f"produced NaN/inf {what} there (weights that overflow, or a diverged fine-tune)"
+                )
+            )
 
 
 def _locate(batch: Sequence[TokenSequence], position: int) -> str:
@@ -591,7 +650,7 @@ def _row_max(z: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
     if nb == 0:
         peak, top = z.max(-1, keepdim=True)
         return top.squeeze(-1), peak
-    body = z[..., :cut].unflatten(-1, (nb, _BLOCK))
+    body = z[..., :cut].reshape(*z.shape[:-1], nb, _BLOCK)
     block_max = body.amax(-1)
     if cut < width:  # the entries after the last whole block: one more "block"
         tail_max, tail_top = z[..., cut:].max(-1, keepdim=True)

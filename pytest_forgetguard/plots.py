@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
-from .errors import MissingDependencyError
+from .deps import available, require
 from .files import write_atomic
 from .records import CheckRecord, column_labels
 
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-INSTALL_HINT = 'pip install "pytest-forgetguard[plots]"'
 
 # matplotlib's "tab10", spelled out: the "C0".."C9" shorthands follow the user's rcParams,
 # and one candidate must keep one colour across both figures whatever the user's style.
@@ -72,22 +71,11 @@ DPI = 110
 
 def plots_available() -> bool:
     """True when matplotlib can be imported (``pip install "pytest-forgetguard[plots]"``)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError(f"forgetguard plots need matplotlib ({exc}): {INSTALL_HINT}") from exc
+    return available("matplotlib")
 
 
 def _new_figure(width: float, height: float) -> "Figure":
-    _require_matplotlib()
+    require("matplotlib", "plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -410,7 +398,7 @@ def write_plots(records: Sequence[CheckRecord], directory: Path, prefix: str = "
     :class:`~pytest_forgetguard.errors.MissingDependencyError` naming
     ``pip install "pytest-forgetguard[plots]"`` when matplotlib is missing.
     """
-    _require_matplotlib()
+    require("matplotlib", "plots")
     directory = Path(directory)
     written: list[Path] = []
     for suffix, build in FIGURES:

@@ -17,16 +17,14 @@ import pytest
 
 from . import context
 from .session import ForgetguardSession
-from .settings import SettingsError, device_problem, resolve
+from .settings import DEFAULT_SEED, SettingsError, device_problem, resolve
+from .stash import ORDER_KEY, PROGRESS_KEY, SESSION_KEY
 
 if TYPE_CHECKING:
     from .comparison import Forgetguard
     from .distributed import DataParallel
     from .models import ModelHandle
 
-SESSION_KEY = pytest.StashKey[ForgetguardSession]()
-PROGRESS_KEY = pytest.StashKey[Any]()  # the progress sink to restore at unconfigure
-ORDER_KEY = pytest.StashKey[dict[str, int]]()  # nodeid -> index in the collection
 # Numbers of a check attached to its test as JUnit XML properties.
 _PROPERTY_KEYS = ("value", "budget", "ci_low", "ci_high", "n", "base_value", "delta", "p_value")
 SKIP_REASON = "forgetguard is off: run pytest with --forgetguard to enable it"
@@ -52,7 +50,7 @@ _VALUE_OPTIONS = (
         "forgetguard_cache_dir",
         "where base results and converted models are cached; env FORGETGUARD_CACHE_DIR",
     ),
-    ("--fg-seed", "seed", "forgetguard_seed", "seed for all sampling (default 1234, so runs repeat)"),
+    ("--fg-seed", "seed", "forgetguard_seed", f"seed for all sampling (default {DEFAULT_SEED}, so runs repeat)"),
 )
 
 
@@ -305,16 +303,6 @@ def candidate_model(request: pytest.FixtureRequest, base_model: "ModelHandle") -
 def forgetguard(
     request: pytest.FixtureRequest, base_model: "ModelHandle", candidate_model: "ModelHandle"
 ) -> Iterator["Forgetguard"]:
-    """Checks of the candidate against the base: ``kl``, ``assert_kl_budget``, ``drift``, ``assert_drift``."""
-    from .comparison import Forgetguard
-
-    session = _session(request)
-    yield Forgetguard(
-        base_model,
-        candidate_model,
-        seed=session.settings.resolved_seed(),
-        record=session.records.append,
-        default_name=request.node.nodeid,
-        cache=session.cache,
-        parallel=session.parallel,
-    )
+    """Checks of the candidate against the base: ``kl``/``assert_kl_budget``, ``retention``/``assert_retained``,
+    ``drift``/``assert_drift`` (checks are named after the test unless given a ``name``)."""
+    yield _session(request).forgetguard(candidate_model.label, name=request.node.nodeid)

@@ -23,14 +23,14 @@ from typing import Any, Union
 from .errors import PromptFileError
 from .files import TextFileError, read_text
 
-PromptsLike = Union[str, Path, Sequence[Union[str, dict]]]  # noqa: UP007 (evaluated at runtime on 3.10)
+PromptsLike = Union[str, Path, Sequence[Union[str, dict[str, Any]]]]  # noqa: UP007 (evaluated at runtime on 3.10)
 
 
 @dataclass(frozen=True)
 class PromptRecord:
     index: int
     prompt: str | None = None
-    messages: tuple[dict, ...] | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
     response: str | None = None
     source: str = ""  # where it was read: "prompts.jsonl:12", or "prompts: item 3" for a list
 

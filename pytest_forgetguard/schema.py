@@ -167,7 +167,10 @@ RETENTION_KEYS: dict[str, Key] = {
         "lm-eval task or group name(s); several are pooled over their items",
     ),
     "include_path": Key(
-        ("string",), "directory of your lm-eval task YAMLs (the shipped probes are always found)", path="dir"
+        ("string",),
+        "directory of your lm-eval task YAMLs (the shipped probes are always found)",
+        default_doc="the shipped probes and lm-eval's own tasks",
+        path="dir",
     ),
     "metric": Key(("string",), "the metric compared", default_doc="the task's first metric"),
     "max_drop": Key(("number",), "the gate: most absolute drop allowed, in metric units", minimum=0),

@@ -137,7 +137,8 @@ class ForgetguardSession:
         suite_dtype: str | None = None,
         suite_seed: int | None = None,
     ) -> "Forgetguard":
-        """The comparison object a suite check runs on; options win over the suite's values.
+        """The comparison object every check runs on (suite items and the ``forgetguard`` fixture alike);
+        options win over a suite's values.
 
         Example::
 
@@ -260,13 +261,8 @@ class ForgetguardSession:
 
 
 def run_check(fg: "Forgetguard", check: "CheckSpec") -> Any:
-    """Run a suite check through the same API the fixtures use."""
+    """Run a suite check through the same gate the fixtures use (the runner of its kind)."""
     __tracebackhide__ = True
-    opts = dict(check.options)
-    if check.kind == "kl":
-        prompts, budget = opts.pop("prompts"), opts.pop("budget")
-        return fg.assert_kl_budget(prompts, budget, name=check.name, **opts)
-    if check.kind == "drift":
-        return fg.assert_drift(name=check.name, **opts)
-    task = opts.pop("task")
-    return fg.assert_retained(task, name=check.name, **opts)
+    from .checks import SUITE_RUNNERS
+
+    return SUITE_RUNNERS[check.kind](fg, check.name, check.options)

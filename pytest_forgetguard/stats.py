@@ -10,6 +10,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -63,7 +65,7 @@ class ItemValues:
     0.75
     """
 
-    def __init__(self, values: list, aggregation: str, fn: object = None) -> None:
+    def __init__(self, values: list[Any], aggregation: str, fn: object = None) -> None:
         self.aggregation = aggregation
         self.fn = fn
         self.raw = list(values)
@@ -86,12 +88,12 @@ class ItemValues:
         """The aggregate for each row of an index matrix [n_boot, n]."""
         agg = self.aggregation
         if agg == "mean" and not self.pairs:
-            return self.a[idx].mean(axis=1)
+            return np.asarray(self.a[idx].mean(axis=1))
         if self.pairs and agg in ("weighted_perplexity", "bits_per_byte"):
             ratio = self.a[idx].sum(axis=1) / self.b[idx].sum(axis=1)
-            return np.exp(-ratio) if agg == "weighted_perplexity" else -ratio / np.log(2)
+            return np.asarray(np.exp(-ratio) if agg == "weighted_perplexity" else -ratio / np.log(2))
         if agg == "perplexity" and not self.pairs:
-            return np.exp(-self.a[idx].mean(axis=1))
+            return np.asarray(np.exp(-self.a[idx].mean(axis=1)))
         if not callable(self.fn):
             raise ValueError(f"no way to aggregate metric values with {agg!r}")
         return np.array([float(self.fn([self.raw[i] for i in row])) for row in idx])

@@ -2,7 +2,7 @@
 
 Tiny models built in fixtures (tests/conftest.py: ``tiny`` and ``faulty``);
 lm-eval on the tiny tasks of tests/lmeval_tasks.py. Each test is one row of
-the matrix in the README's "Reliability" section.
+the matrix on the Reliability page (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ import sys
 import textwrap
 
 import pytest
+from helpers import DOC_PAIRS, forgetguard_args, prompts_jsonl
 from lmeval_tasks import write_tasks
 
-PROMPTS = "\n".join(
-    json.dumps({"prompt": p, "response": r})
-    for p, r in [
-        ("The for statement", " executes the suite once for each item."),
-        ("A class definition", " defines a class object."),
-    ]
-)
+PROMPTS = prompts_jsonl(DOC_PAIRS[:2])
 
 SUITE = """
 checks:
@@ -41,23 +36,22 @@ checks:
 def project(pytester):
     pytester.makefile(".ini", pytest="[pytest]\n")  # the rootdir: node ids relative to the project
     write_tasks(pytester.path / "tasks")
-    pytester.path.joinpath("prompts.jsonl").write_text(PROMPTS + "\n")
+    pytester.path.joinpath("prompts.jsonl").write_text(PROMPTS)
     pytester.path.joinpath("forgetguard.yaml").write_text(SUITE)
     return pytester
 
 
 def run(pytester, base, cand, *args):
-    # --opt=PATH: a model path given as a separate argument would take part in choosing pytest's rootdir.
     return pytester.runpytest(
-        "--forgetguard", f"--fg-base={base}", f"--fg-candidate={cand}",
-        "--fg-cache-dir", str(pytester.path / "cache"), "-p", "no:cacheprovider", *args,
-    )  # fmt: skip
+        *forgetguard_args(base, cand, cache=pytester.path / "cache"), "-p", "no:cacheprovider", *args
+    )
 
 
 def checks(path):
     return {c["name"]: c for c in json.loads(path.read_text())["checks"]}
 
 
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 @pytest.mark.parametrize("cand", ["nan", "overflow", "nan_lora", "overflow_lora"])
 def test_a_broken_candidate_fails_every_check_of_a_suite(project, tiny, faulty, cand):
     """The issue's case: KL errors, then retention (gate: significant) and drift must error too, not pass."""
@@ -73,6 +67,7 @@ def test_a_broken_candidate_fails_every_check_of_a_suite(project, tiny, faulty, 
     result.stdout.fnmatch_lines(["*keeps-mc*ERROR*", "*weights*ERROR*"])
 
 
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_a_broken_base_fails_every_check(project, tiny):
     result = run(project, tiny["nan"], tiny["candidate"], "--fg-report-json", "r.json")
     result.assert_outcomes(failed=3)
@@ -83,7 +78,7 @@ def test_rows_name_their_file_and_node(project, tiny):
     """Two suites with checks of the same name can be told apart in the report."""
     sub = project.path / "more"
     sub.mkdir()
-    (sub / "prompts.jsonl").write_text(PROMPTS + "\n")
+    (sub / "prompts.jsonl").write_text(PROMPTS)
     (sub / "forgetguard.yaml").write_text(
         "checks:\n  - name: task-kl\n    kl: {prompts: prompts.jsonl, sample_from: dataset, budget: 1.0e9}\n"
     )
@@ -96,6 +91,7 @@ def test_rows_name_their_file_and_node(project, tiny):
     ]
 
 
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_reports_are_readable_by_the_group_and_removed_when_a_run_starts(project, tiny):
     old = os.umask(0o022)
     try:
@@ -124,6 +120,7 @@ def subprocess_run(project, base, cand, *args, timeout=600):
     return subprocess.run(cmd, cwd=project.path, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_a_run_killed_with_sigkill_leaves_no_stale_report_and_no_broken_cache(project, tiny):
     # A finished run of another candidate leaves a PASS report behind ...
     first = subprocess_run(project, tiny["base"], tiny["twin"], "--fg-report-json", "r.json")
@@ -146,6 +143,7 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_report_and_no_broken_cache(pr
         assert row["value"] == checks(project.path / "fresh.json")[name]["value"]
 
 
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_concurrent_runs_share_one_cache(project, tiny):
     cmd = [sys.executable, "-m", "pytest", "--forgetguard", "--fg-base", str(tiny["base"]), "--fg-candidate",
            str(tiny["candidate"]), "--fg-cache-dir", "cache", "-p", "no:cacheprovider", "-q"]  # fmt: skip
@@ -164,6 +162,7 @@ def test_concurrent_runs_share_one_cache(project, tiny):
     assert again.returncode == 0, again.stdout
 
 
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_warnings_reach_every_surface(project, tiny):
     """A candidate identical to its base: terminal (pytest's warnings and forgetguard's summary), JSON, Markdown."""
     result = run(project, tiny["base"], tiny["twin"], "--fg-report-json", "r.json", "--fg-report-md", "r.md")
@@ -230,6 +229,7 @@ def test_wrong_encodings_name_the_file_and_line(project, tiny):
     result.stdout.fnmatch_lines(["*prompts.jsonl:2: not UTF-8 (byte 0xe9 at column 16); save the file as UTF-8*"])
 
 
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_a_task_yaml_that_does_not_parse_is_named_with_its_error(project, tiny):
     (project.path / "tasks" / "broken.yaml").write_text("task: tiny_broken\ndataset_path: json\n  bad: [indent\n")
     project.path.joinpath("forgetguard.yaml").write_text(
@@ -250,6 +250,7 @@ def test_a_path_typo_is_not_reported_as_a_hub_lookup(project, tiny):
     )
 
 
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_the_function_tag_of_a_task_yaml_is_the_task_authors_code(project, tiny):
     """lm-eval's ``!function`` runs Python next to the task YAML, like a conftest.py: documented, not a model's code.
 

@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import forgetguard_args, prompts_jsonl
 
-PROMPTS = (
-    "\n".join(
-        json.dumps({"prompt": p, "response": r})
-        for p, r in [
-            ("The for statement", " executes the suite once for each item."),
-            ("A class definition", " defines a class object."),
-            ("Identifiers", " are unlimited in length."),
-            ("Boolean operations", " are or, and and not."),
-        ]
-    )
-    + "\n"
-)
+PROMPTS = prompts_jsonl()
 
 
 @pytest.fixture
@@ -27,7 +17,7 @@ def project(pytester):
 
 
 def run(pytester, tiny, cand, *args):
-    return pytester.runpytest("--forgetguard", "--fg-base", str(tiny["base"]), "--fg-candidate", str(tiny[cand]), *args)
+    return pytester.runpytest(*forgetguard_args(tiny["base"], tiny[cand]), *args)
 
 
 def test_pass_and_fail_with_an_actionable_message(project, tiny):

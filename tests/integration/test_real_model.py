@@ -130,7 +130,7 @@ def test_a_poisoned_gguf_copy_is_converted_again_with_a_warning(real, tmp_path):
     """The converted copy records each file's size and hash; a copy whose files changed is never served."""
     import shutil
 
-    from pytest_forgetguard.models import _invalid_gguf_copy, materialize_gguf
+    from pytest_forgetguard.models import invalid_gguf_copy, materialize_gguf
 
     cache = tmp_path / "cache"
     target = cache / "gguf" / real["base"].name
@@ -144,9 +144,9 @@ def test_a_poisoned_gguf_copy_is_converted_again_with_a_warning(real, tmp_path):
     shutil.copy(weights, tmp_path / "weights")
     with open(weights, "r+b") as fh:
         fh.truncate(1000)
-    assert "model.safetensors has another size" in _invalid_gguf_copy(target, digest)
+    assert "model.safetensors has another size" in invalid_gguf_copy(target, digest)
     shutil.copy(tmp_path / "weights", weights)
-    assert _invalid_gguf_copy(target, digest) is None
+    assert invalid_gguf_copy(target, digest) is None
     # A config edited in place (same size, other content): converted again, with a warning.
     config = target / "config.json"
     text = config.read_text()
@@ -158,4 +158,4 @@ def test_a_poisoned_gguf_copy_is_converted_again_with_a_warning(real, tmp_path):
     # A marker from an older layout (no file list) is not trusted either.
     marker = json.loads((target / "COMPLETE").read_text())
     (target / "COMPLETE").write_text(json.dumps({"source": marker["source"], "sha256": marker["sha256"]}))
-    assert "written by another version" in _invalid_gguf_copy(target, digest)
+    assert "written by another version" in invalid_gguf_copy(target, digest)

@@ -13,16 +13,9 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 
 import pytest
+from helpers import prompts_jsonl
 
-PROMPTS = "\n".join(
-    json.dumps({"prompt": p, "response": r})
-    for p, r in [
-        ("The for statement", " executes the suite once for each item."),
-        ("A class definition", " defines a class object."),
-        ("Identifiers", " are unlimited in length."),
-        ("Boolean operations", " are or, and and not."),
-    ]
-)
+PROMPTS = prompts_jsonl()
 
 SUITE = """
 models:
@@ -57,7 +50,7 @@ def project(pytester, tiny):
                 fh.write(f"{{os.getpid()}} {{spec}}\\n")
             return AutoModelForCausalLM.from_pretrained(path).to(device), AutoTokenizer.from_pretrained(path)
     """)
-    pytester.path.joinpath("prompts.jsonl").write_text(PROMPTS + "\n")
+    pytester.path.joinpath("prompts.jsonl").write_text(PROMPTS)
     pytester.path.joinpath("forgetguard_suite.yaml").write_text(SUITE)
     pytester.makepyfile(
         test_fixture_checks="""
@@ -131,6 +124,7 @@ def test_table_rows_are_coloured_by_verdict(project):
     assert "\x1b[" not in plain.stdout.str()
 
 
+@pytest.mark.slow  # pytest in subprocesses
 def test_progress_of_model_work_is_shown(project):
     project.makepyfile(
         test_sampled="""
@@ -155,6 +149,7 @@ def test_progress_of_model_work_is_shown(project):
     assert "forgetguard: loading" not in quiet.stdout.str()
 
 
+@pytest.mark.slow  # pytest in subprocesses
 @pytest.mark.skipif(sys.platform == "win32", reason="xdist subprocess workers")
 def test_xdist_report_equals_serial(project):
     common = ["--forgetguard", *candidate_args(*CANDIDATES), "-p", "no:cacheprovider"]

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from pytest_forgetguard.comparison import Forgetguard
+from pytest_forgetguard.lmeval import PROBES_DIR
 from pytest_forgetguard.models import ModelStore
-from pytest_forgetguard.retention import PROBES_DIR
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import forgetguard_args
 from lmeval_tasks import write_tasks
+
+# Every test runs lm-eval on both models.
+pytestmark = pytest.mark.slow
 
 SUITE = """
 checks:
@@ -32,16 +36,7 @@ def project(pytester):
 
 
 def run(pytester, tiny, *args):
-    return pytester.runpytest(
-        "--forgetguard",
-        "--fg-base",
-        str(tiny["base"]),
-        "--fg-candidate",
-        str(tiny["candidate"]),
-        "--fg-cache-dir",
-        str(pytester.path / "cache"),
-        *args,
-    )
+    return pytester.runpytest(*forgetguard_args(tiny["base"], tiny["candidate"], cache=pytester.path / "cache"), *args)
 
 
 def test_suite_retention_report_and_warm_cache(project, tiny):

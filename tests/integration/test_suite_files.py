@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import DOC_PAIRS, prompts_jsonl
 
 SUITE = """
 models:
@@ -32,16 +33,7 @@ checks:
 def suite_project(pytester, tiny):
     data = pytester.path / "data"
     data.mkdir()
-    data.joinpath("prompts.jsonl").write_text(
-        "\n".join(
-            json.dumps({"prompt": p, "response": r})
-            for p, r in [
-                ("The for statement", " executes the suite once for each item."),
-                ("Identifiers", " are unlimited in length."),
-            ]
-        )
-        + "\n"
-    )
+    data.joinpath("prompts.jsonl").write_text(prompts_jsonl([DOC_PAIRS[0], DOC_PAIRS[2]]))
     return pytester
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# Every test launches torchrun with two processes.
+pytestmark = pytest.mark.slow
+
 # Five prompts, so rank 0 scores 0, 2, 4 and rank 1 scores 1, 3. Prompt 1 holds the token the
 # poisoned candidate turns into NaN: only rank 1's shard can fail.
 PROMPTS = [

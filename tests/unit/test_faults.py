@@ -30,8 +30,8 @@ from pytest_forgetguard.errors import (
     PromptFileError,
     TokenizerMismatchError,
 )
+from pytest_forgetguard.lmeval import _reduce, invalid_task_run
 from pytest_forgetguard.models import ModelStore
-from pytest_forgetguard.retention import _reduce, invalid_task_run
 
 ITEMS = [
     {"prompt": "The for statement", "response": " executes the suite once for each item."},
@@ -95,6 +95,7 @@ def test_a_broken_model_errors_in_every_check_in_every_order(
         assert f"failed in check {order[0]!r}; a model that failed a check is never used again" in rec.error
 
 
+@pytest.mark.slow  # runs lm-eval
 @pytest.mark.parametrize("order", list(itertools.permutations(KINDS)), ids="-".join)
 def test_a_model_that_breaks_on_some_inputs_is_unusable_once_found(tiny, faulty, tasks, order):
     """Finite outputs on a plain input, NaN on the KL prompts. A check that ran before the fault showed
@@ -261,6 +262,7 @@ def test_an_over_long_prompt_is_an_error_before_any_scoring(tiny):
         fg.kl([{"prompt": "word " * 500}], max_new_tokens=64)
 
 
+@pytest.mark.slow  # runs lm-eval
 @pytest.mark.parametrize(
     "tamper, why",
     [

@@ -15,6 +15,9 @@ from pytest_forgetguard.errors import ForgetguardWarning
 from pytest_forgetguard.models import ModelStore
 from pytest_forgetguard.retention import RetentionError, RetentionResult, gate_passes
 
+# Most tests run lm-eval on both models (seconds each).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def tasks_dir(tmp_path):
@@ -234,7 +237,7 @@ def test_vllm_backend_falls_back_to_hf_with_a_message(tiny, tasks_dir):
 
 
 def test_vllm_arguments_point_at_files(tiny, tmp_path):
-    from pytest_forgetguard.retention import vllm_arguments
+    from pytest_forgetguard.lmeval import vllm_arguments
 
     store = ModelStore()
     base = store.get(str(tiny["base"]), role="base")

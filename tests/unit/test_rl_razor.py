@@ -6,14 +6,14 @@ and the shared-prompt sampling/log-prob code against a plain full forward pass o
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+# The experiment's scripts import each other by module name: pyproject's `pythonpath` puts
+# experiments/rl_razor on sys.path for the tests.
+import newtask
 import pytest
 
 RLR = Path(__file__).resolve().parents[2] / "experiments" / "rl_razor"
-sys.path.insert(0, str(RLR))
-import newtask  # noqa: E402
 
 DOC = {"a": 7, "b": 8, "op": "+", "answer": 15}
 

@@ -1,4 +1,4 @@
-"""The suite schema's generated forms: the shipped JSON Schema and the README table cannot drift from suite.py.
+"""The suite schema's generated forms: the shipped JSON Schema and the reference table cannot drift from schema.py.
 
 The JSON Schema is checked the way an editor or CI tool uses it: on ``yaml.safe_load`` data, with
 ``jsonschema`` (an independent validator), against the example suites, the README's example and
@@ -20,7 +20,8 @@ from pytest_forgetguard.schema import SCHEMA_FILE, SECTIONS, json_schema, schema
 from pytest_forgetguard.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+# The suite reference page of the docs site holds the generated table and the full example.
+README = ROOT / "docs" / "suites.md"
 # The generator is a script, not part of the package: load it from its file.
 _spec = importlib.util.spec_from_file_location("gen_suite_schema", ROOT / "scripts" / "gen_suite_schema.py")
 assert _spec is not None and _spec.loader is not None
@@ -33,10 +34,8 @@ VALIDATOR = jsonschema.Draft202012Validator(json_schema())
 
 def readme_section(title: str) -> str:
     text = README.read_text(encoding="utf-8")
-    start = text.index(f"### {title}\n")
-    end = text.find("\n## ", start)
-    nxt = text.find("\n### ", start + 1)
-    return text[start : min(e for e in (end, nxt) if e > 0)]
+    assert text.startswith(f"# {title}\n"), f"{README} is not the {title} page"
+    return text
 
 
 def readme_table_rows() -> set[tuple[str, str]]:

@@ -1,0 +1,233 @@
+"""KL checks: the exact per-token KL between base and candidate on a new task's prompts, and its budget.
+
+Options (their enums and defaults are :data:`~pytest_forgetguard.schema.KL_KEYS`):
+``direction`` (forward = KL(base || candidate), reverse, symmetric),
+``sample_from`` (who writes the responses: base, candidate, or the dataset's
+``response``), ``max_new_tokens``, ``temperature``, ``batch_size``, ``limit``,
+``allow_vocab_mismatch``. The measurement reads and encodes the prompts,
+checks they fit both context windows, samples the responses (cached by the
+sampling model's fingerprint) and scores them with
+:func:`~pytest_forgetguard.kl.teacher_forced_kl`; under torchrun the ranks
+share the prompts (:func:`~pytest_forgetguard.distributed.run_sharded`).
+
+Example (in a test)::
+
+    def test_task_kl(forgetguard):
+        result = forgetguard.assert_kl_budget("prompts.jsonl", budget=0.05)
+        assert result.top1_agreement > 0.9
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import KLBudgetExceeded, PromptFileError
+from ..kl import METRICS, KLResult, PromptKL, TokenSequence, teacher_forced_kl
+from ..prompts import PromptRecord, PromptsLike, as_records, encode_prompt, encode_response
+from ..schema import KL_KEYS
+from .base import PairChecks, check_number
+
+DIRECTIONS: tuple[str, ...] = KL_KEYS["direction"].enum
+SAMPLE_FROM: tuple[str, ...] = KL_KEYS["sample_from"].enum
+# The schema documents this default in words ("base, candidate when reverse"); this is the rule.
+DEFAULT_SAMPLE_FROM = {"forward": "base", "reverse": "candidate", "symmetric": "base"}
+
+
+class KLChecks(PairChecks):
+    """``kl()`` measures; ``assert_kl_budget()`` gates on it."""
+
+    def kl(
+        self,
+        prompts: PromptsLike,
+        direction: str = "forward",
+        sample_from: str | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        batch_size: int = 8,
+        limit: int | None = None,
+        allow_vocab_mismatch: bool = False,
+    ) -> KLResult:
+        """Measure the exact per-token KL on ``prompts`` (a JSONL path or a list).
+
+        ``direction``: ``forward`` = KL(base || candidate) (default), ``reverse``,
+        ``symmetric`` (their mean). ``sample_from``: ``base`` (default for
+        forward and symmetric), ``candidate`` (default for reverse), or
+        ``dataset`` (teacher-forced on each prompt's ``response``). Sampling
+        is ancestral at ``temperature`` (1.0: the model's own distribution,
+        which makes the estimate unbiased), seeded per prompt; the sampled
+        token ids are cached in ``cache``, keyed by the sampling model's
+        fingerprint, the prompts and the sampling settings, so a rerun with
+        an unchanged model generates nothing.
+
+        With ``parallel`` (a ``torchrun`` launch) each rank samples and scores
+        every ``world_size``-th prompt and the per-prompt values are gathered,
+        so every rank returns the result a single process would (to float
+        rounding), in prompt order.
+
+        Example::
+
+            result = forgetguard.kl("prompts.jsonl", sample_from="dataset")
+            result.value, result.ci_low, result.ci_high, result.worst(3)
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        sample_from = sample_from or DEFAULT_SAMPLE_FROM[direction]
+        if sample_from not in SAMPLE_FROM:
+            raise ValueError(f"sample_from must be one of {', '.join(SAMPLE_FROM)}, got {sample_from!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        check_number("temperature", temperature, minimum=1e-6)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        with self._measuring():
+            return self._measure_kl(
+                prompts, direction, sample_from, max_new_tokens, temperature, batch_size, limit, allow_vocab_mismatch
+            )
+
+    def assert_kl_budget(
+        self,
+        prompts: PromptsLike,
+        budget: float,
+        name: str | None = None,
+        **kl_options: Any,
+    ) -> KLResult:
+        """Fail with :class:`~pytest_forgetguard.errors.KLBudgetExceeded` unless the pooled mean KL <= ``budget``.
+
+        ``kl_options`` are :meth:`kl`'s. Returns the :class:`~pytest_forgetguard.kl.KLResult`
+        so a test can assert more on it.
+        """
+        __tracebackhide__ = True
+        budget = check_number("budget", budget)
+        direction = kl_options.get("direction", "forward")
+        metric = METRICS.get(direction, str(direction))
+        with self._running(name, kind="kl", metric=metric, budget=budget) as run:
+            result = self.kl(prompts, **kl_options)
+            result.budget = budget
+            message = None if result.passed else result.failure_message(self.candidate.label, self.base.label)
+            run.finish(result.to_record(run.name, run.candidate), result.passed, message)
+            if message is not None:
+                raise KLBudgetExceeded(message, result)
+            return result
+
+    # -- the measurement ----------------------------------------------------------------
+
+    def _measure_kl(
+        self,
+        prompts: PromptsLike,
+        direction: str,
+        sample_from: str,
+        max_new_tokens: int,
+        temperature: float,
+        batch_size: int,
+        limit: int | None,
+        allow_vocab_mismatch: bool,
+    ) -> KLResult:
+        # Every rank reads and encodes every prompt (cheap), so a bad line gives the same error as
+        # a single process, and the token digest proves all ranks read the same prompts.
+        records = as_records(prompts)
+        if limit is not None:
+            records = records[:limit]
+        vocab = self._vocab(allow_vocab_mismatch)
+        tok = self.base.tokenizer
+        prompt_ids = [encode_prompt(tok, r) for r in records]
+        fixed = [encode_response(tok, r) for r in records] if sample_from == "dataset" else None
+        lengths = [len(f) for f in fixed] if fixed is not None else [max_new_tokens] * len(records)
+        self._context_window_check(records, prompt_ids, lengths, sampled=fixed is None)
+
+        def score(positions: list[int]) -> KLResult:
+            if fixed is not None:
+                responses = [fixed[i] for i in positions]
+            else:
+                from ..generation import cached_sample_responses
+
+                source = self.base if sample_from == "base" else self.candidate
+                # Cached by the source model's fingerprint: a rerun with an unchanged base samples nothing.
+                # Seeded per prompt: a shard's samples are the ones a single process draws for them.
+                responses = cached_sample_responses(
+                    source,
+                    [prompt_ids[i] for i in positions],
+                    max_new_tokens,
+                    seed=self.seed,
+                    temperature=temperature,
+                    batch_size=max(batch_size, 16),
+                    vocab=vocab,
+                    cache=self.cache,
+                )
+                empty = [records[i].where for i, resp in zip(positions, responses) if not resp]
+                if empty:
+                    raise PromptFileError(f"sampling gave empty responses for {', '.join(empty[:5])}")
+            seqs = [
+                TokenSequence(records[i].index, prompt_ids[i], resp, label=records[i].display())
+                for i, resp in zip(positions, responses)
+            ]
+            return teacher_forced_kl(
+                self.base,
+                self.candidate,
+                seqs,
+                direction=direction,
+                sample_from=sample_from,
+                batch_size=batch_size,
+                vocab=vocab,
+                seed=self.seed,
+                decode=lambda i: tok.decode([i]),
+            )
+
+        if self.parallel is None:
+            return score(list(range(len(records))))
+        from ..distributed import run_sharded, token_digest
+
+        what = (
+            f"kl({_describe(prompts)}, direction={direction}, sample_from={sample_from}, "
+            f"max_new_tokens={max_new_tokens}, temperature={temperature!r}, limit={limit}, "
+            f"base={self.base.label}, candidate={self.candidate.label})"
+        )
+        # Only the per-prompt values travel: the statistics are recomputed from all of them.
+        per_prompt: list[PromptKL] = run_sharded(
+            self.parallel,
+            what,
+            len(records),
+            token_digest(prompt_ids, fixed),
+            lambda positions: score(positions).prompts,
+            models={"base": self.base, "candidate": self.candidate},
+        )
+        return KLResult(direction, sample_from, per_prompt, decode=lambda i: tok.decode([i]), seed=self.seed)
+
+    def _context_window_check(
+        self, records: Sequence[PromptRecord], prompt_ids: list[list[int]], responses: list[int], sampled: bool
+    ) -> None:
+        """Every sequence must fit both models' context windows: a truncated one is not the one asked about.
+
+        The models read the prompt and every response token but the last (which is only predicted).
+        """
+        from ..models import context_window
+
+        for handle in (self.base, self.candidate):
+            window = context_window(handle)
+            if window is None:
+                continue
+            for rec, ids, more in zip(records, prompt_ids, responses):
+                if len(ids) + more - 1 > window:
+                    raise PromptFileError(
+                        f"{rec.where} is {len(ids)} tokens, + {more} response tokens = {len(ids) + more}, more than "
+                        f"the context window of {handle.role} {handle.label!r} ({window} tokens): shorten the "
+                        "prompt" + (" or lower max_new_tokens" if sampled else " or its response")
+                    )
+
+
+def _describe(prompts: PromptsLike) -> str:
+    """A short name for a prompt source, for messages about ranks out of step."""
+    if isinstance(prompts, (str, os.PathLike)):
+        return str(prompts)
+    return f"<{type(prompts).__name__} of {len(prompts)} prompts>" if hasattr(prompts, "__len__") else "<prompts>"
+
+
+def run_suite_check(fg: KLChecks, name: str, options: dict[str, Any]) -> KLResult:
+    """A suite's ``kl:`` check through the same gate as the fixture."""
+    __tracebackhide__ = True
+    opts = dict(options)
+    prompts, budget = opts.pop("prompts"), opts.pop("budget")
+    return fg.assert_kl_budget(prompts, budget, name=name, **opts)

@@ -1,0 +1,275 @@
+"""One loader per kind of SPEC, each returning a :class:`LoadedModel` that passed every load check.
+
+- :func:`load_directory`: a Hugging Face directory (safetensors only), also what a
+  converted GGUF file (:func:`~.gguf.materialize_gguf`) and a hub snapshot
+  (:func:`hub_snapshot`) are loaded through;
+- :func:`load_adapter`: a PEFT adapter on its base model's weights;
+- :func:`load_from_hook`: a model a ``pytest_forgetguard_load_model`` hook returns.
+
+Every loader checks what it loads before handing it back: weights finite,
+and one forward pass on a short text with finite logits (finite weights can
+overflow). Nothing is handed back half-checked, so a model that fails here is
+never reachable by a check.
+
+Example::
+
+    options = LoadOptions(device="cpu", dtype="float32")
+    loaded = load_directory(Path("models/base"), "models/base", options)
+    loaded.model, loaded.tokenizer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..context import warn as context_warn
+from ..deps import require
+from ..errors import ModelLoadError, NonFiniteError
+from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from .handle import ModelHandle
+
+# Loader hook: (spec, device, dtype) -> (model, tokenizer) or None.
+CustomLoader = Callable[[str, str, str], "tuple[Any, Any] | None"]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How models are loaded: where, in which dtype, and what is checked.
+
+    ``device_map`` is an accelerate device map (``sequential``: fill the first
+    GPU, spill onto the next) for models larger than one device; None loads
+    each model whole onto ``device``. ``check`` turns the finiteness checks off
+    (tests of what happens downstream of a broken model use it).
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    check: bool = True
+    warn: Callable[[str], None] = field(default=context_warn, compare=False)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What a loader hands back: the module to run and its tokenizer.
+
+    ``adapter_name`` is set for a PEFT candidate (the adapter to select in
+    the shared ``PeftModel``); ``from_hook`` when a ``pytest_forgetguard_load_model``
+    hook loaded it (its fingerprint is then computed from memory).
+    """
+
+    model: Any
+    tokenizer: Any
+    adapter_name: str | None = None
+    from_hook: bool = False
+    notices: tuple[str, ...] = ()  # warnings every check of this model carries
+
+
+def _torch_dtype(name: str) -> "torch.dtype":
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_from_hook(loader: CustomLoader, spec: ModelSpec, options: LoadOptions) -> LoadedModel | None:
+    """What a ``pytest_forgetguard_load_model`` hook returns for ``spec`` (None: no hook took it), checked."""
+    loaded = loader(spec.text, options.device, options.dtype)
+    if loaded is None:
+        return None
+    model, tokenizer = loaded
+    _prepare(spec.text, model, tokenizer, options)
+    return LoadedModel(model, tokenizer, from_hook=True)
+
+
+def load_directory(directory: Path, label: str, options: LoadOptions) -> LoadedModel:
+    """A Hugging Face model directory (``config.json`` + safetensors) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _require_safetensors(directory, "model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=options.trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not load the tokenizer of {label!r}: {_explain_load_error(exc, directory)}"
+        ) from exc
+    placement: dict[str, Any] = {}
+    if options.device_map is not None:
+        require("accelerate", "gguf")
+        placement["device_map"] = options.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory),
+            dtype=_torch_dtype(options.dtype),
+            trust_remote_code=options.trust_remote_code,
+            use_safetensors=True,
+            **placement,
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"could not load model {label!r}: {_explain_load_error(exc, directory)}") from exc
+    # A dispatched model is already where accelerate put it; moving it would undo the map.
+    if not placement:
+        model = model.to(torch.device(options.device))  # type: ignore[arg-type]
+    _prepare(label, model, tokenizer, options)
+    return LoadedModel(model, tokenizer)
+
+
+def load_adapter(adapter_dir: Path, label: str, base: "ModelHandle", options: LoadOptions) -> LoadedModel:
+    """A PEFT adapter applied to ``base``'s weights (shared: ``base`` keeps one ``PeftModel`` for all its adapters)."""
+    require("peft", "peft")
+    from transformers import AutoTokenizer
+
+    _require_safetensors(adapter_dir, "PEFT adapter")
+    base.load()
+    name = "fg_" + hashlib.sha256(str(adapter_dir).encode()).hexdigest()[:8]
+    try:
+        peft_model = base.attach_adapter(adapter_dir, name)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load PEFT adapter {label!r}: {_explain_load_error(exc, adapter_dir)}") from exc
+    own = [(pname, param) for pname, param in peft_model.named_parameters() if f".{name}." in pname]
+    if any(adapter_dir.glob("tokenizer*")):
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+        _prepare(label, None, tokenizer, options)
+    else:
+        tokenizer = base.tokenizer
+    if options.check:
+        # The adapter's own weights (the base's were checked when it loaded), then what they compute.
+        for pname, param in own:
+            _check_finite(label, pname, param)
+        peft_model.set_adapter(name)
+        _probe_outputs(label, peft_model, tokenizer)
+    notices = []
+    if _adapter_is_identity(own, name):
+        notices.append(
+            f"PEFT adapter {label!r} changes nothing: every LoRA B matrix is zero (as PEFT initialises them), "
+            "so the candidate computes exactly what its base does; was it trained and saved?"
+        )
+        options.warn(notices[-1])
+    return LoadedModel(peft_model, tokenizer, adapter_name=name, notices=tuple(notices))
+
+
+def hub_snapshot(spec: ModelSpec) -> Path:
+    """The local snapshot of a hub model (downloaded when the hub is reachable); offline, a clear error."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(
+            spec.location,
+            revision=spec.revision,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.py"],
+        )
+    except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        raise ModelLoadError(
+            f"cannot load hub model {spec.text!r}: {why} and it is not in the local Hugging "
+            f"Face cache ({type(exc).__name__}: {exc}). Download it on a machine with network "
+            "access (huggingface-cli download) or pass a local directory or .gguf file"
+            f" (there is no local path {Path(spec.text).resolve()} either)."
+        ) from exc
+    return Path(path)
+
+
+def _prepare(label: str, model: Any, tokenizer: Any, options: LoadOptions) -> None:
+    """Eval mode, frozen weights, a pad token; unless ``options.check`` is off, finite weights and outputs."""
+    if model is not None:
+        model.eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if options.check:
+            for pname, param in model.named_parameters():
+                _check_finite(label, pname, param)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and options.check:
+        _probe_outputs(label, model, tokenizer)
+
+
+def _adapter_is_identity(params: list[tuple[str, Any]], name: str) -> bool:
+    """Whether a LoRA adapter's weights make it a no-op: only LoRA A/B matrices, every B all zero."""
+    b = [p for n, p in params if f"lora_B.{name}." in n or f"lora_embedding_B.{name}" in n]
+    others = [n for n, _ in params if not any(part in n for part in ("lora_A.", "lora_B.", "lora_embedding_"))]
+    return bool(b) and not others and not any(bool(p.any()) for p in b)
+
+
+def _require_safetensors(directory: Path, what: str) -> None:
+    """Refuse a directory whose weights exist only as pickles (``.bin``/``.pt``), which can run code when loaded."""
+    if list(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in directory.glob(pattern))
+    hint = (
+        f" It has pickle weights ({', '.join(pickles)}), which can run arbitrary code when loaded: "
+        "re-save them with save_pretrained(safe_serialization=True) on a machine you trust."
+        if pickles
+        else ""
+    )
+    raise ModelLoadError(f"{what} directory {directory} has no .safetensors weights.{hint}")
+
+
+def _explain_load_error(exc: BaseException, directory: Path | None = None) -> str:
+    """transformers' error, with its advice translated into this plugin's options.
+
+    Its own advice names Python arguments (``trust_remote_code=True``,
+    ``weights_only=False``) that a pytest user cannot pass, and one of which
+    would run a pickle: say what to do here instead.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    if "trust_remote_code" in text:
+        code = sorted(p.name for p in directory.glob("*.py")) if directory is not None else []
+        return (
+            "the model ships its own Python code"
+            + (f" ({', '.join(code)})" if code else "")
+            + ", which runs only if you allow it: pass --fg-trust-remote-code if (and only if) you trust that code"
+        )
+    if "weights_only" in text:
+        return (
+            "the weights are a pickle file, which can run arbitrary code when loaded; forgetguard loads "
+            "safetensors only: re-save them with save_pretrained(safe_serialization=True) on a machine you trust"
+        )
+    return text
+
+
+PROBE_TEXT = "The capital of France is"
+
+
+def _probe_outputs(label: str, model: Any, tokenizer: Any) -> None:
+    """One forward pass on a short plain text: finite weights can still overflow into NaN/inf logits.
+
+    Checked when the model loads, so such a model is unusable from the start
+    whichever check runs first (a drift check alone cannot see its outputs).
+    Costs one forward pass over a few tokens. A -inf logit (a token ruled
+    out) is allowed; NaN and +inf are not.
+    """
+    import torch
+
+    ids = list(tokenizer(PROBE_TEXT)["input_ids"]) or [tokenizer.eos_token_id or 0]
+    device = model.get_input_embeddings().weight.device
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits
+    if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
+        raise NonFiniteError(
+            f"model {label!r} gives NaN/inf logits on a plain input ({PROBE_TEXT!r}) although its weights are "
+            "finite: they overflow (a diverged fine-tune, or weights scaled far out of range)"
+        )
+
+
+def _check_finite(label: str, name: str, param: "torch.Tensor") -> None:
+    import torch
+
+    finite = torch.isfinite(param)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteError(
+            f"model {label!r}: parameter {name} has {bad} NaN/inf value(s) of {param.numel()}; "
+            "the checkpoint is corrupt or training diverged"
+        )
