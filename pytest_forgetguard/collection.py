@@ -101,4 +101,6 @@ class CheckItem(pytest.Item):
     def reportinfo(self) -> tuple[Any, int, str]:
         # pytest's line numbers here are 0-based; CheckSpec.line is the 1-based line of the check.
         line = (self.check.line or 1) - 1
-        return self.path, line, f"forgetguard {self.check.kind} check: {self.check.name}"
+        # The failure's header: which check, on which candidate (several candidates share a check's name).
+        on = f" on {candidate_id(self.candidate)}" if self.candidate else ""
+        return self.path, line, f"forgetguard {self.check.kind} check {self.check.name}{on}"

@@ -155,7 +155,7 @@ def sample_responses(
 
     handle.load()  # its own progress line
     dev = handle.device
-    label = f"sampling from {handle.role} {handle.label}"
+    label = f"sampling from {handle.role} {handle.short_label}"
     with handle.active() as model, torch.no_grad(), progress.task(label, len(prompts), "prompts") as task:
         cache_name, keep = forward_names(model)
         for start in range(0, len(order), batch_size):

@@ -191,10 +191,15 @@ class KLResult:
         """llama.cpp-style one-paragraph summary."""
         return (
             f"{self.metric} = {self.value:.6g} nats/token (95% CI {self.ci_low:.4g}..{self.ci_high:.4g}) "
-            f"over {self.n_tokens} response tokens of {self.n_prompts} prompts (sampled from "
-            f"{self.sample_from}); median {self.median:.4g}, p90 {self.p90:.4g}, p99 {self.p99:.4g}, "
-            f"max {self.max:.4g}; forward {self.forward_mean:.6g}, reverse {self.reverse_mean:.6g}; "
-            f"top-1 agreement {100 * self.top1_agreement:.1f}%"
+            f"over {self.n_tokens} response tokens of {self.n_prompts} prompts; {self.distribution()}"
+        )
+
+    def distribution(self) -> str:
+        """How the per-token KL is spread, both directions, and how often the two models' top tokens agree."""
+        return (
+            f"responses sampled from {self.sample_from}; per token: median {self.median:.4g}, p90 {self.p90:.4g}, "
+            f"p99 {self.p99:.4g}, max {self.max:.4g}; forward {self.forward_mean:.6g}, reverse "
+            f"{self.reverse_mean:.6g}; top-1 agreement {100 * self.top1_agreement:.1f}%"
         )
 
     @property
@@ -241,7 +246,7 @@ class KLResult:
             f"(over by {margin:.4g}{f', {100 * margin / budget:.0f}%' if budget else ''})\n"
             f"  95% CI {self.ci_low:.4g}..{self.ci_high:.4g}, n = {self.n_prompts} prompts, "
             f"{self.n_tokens} response tokens\n"
-            f"  {self.summary()}\n"
+            f"  {self.distribution()}\n"
             f"  prompts where the models disagree most:\n{self.format_worst()}"
         )
 

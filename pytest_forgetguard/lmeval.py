@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import progress
 from .cache import ResultCache, cache_key
 from .deps import available
 from .errors import NonFiniteError, RetentionError
@@ -256,6 +257,13 @@ def _unreadable_task_files(paths: list[Path]) -> list[tuple[Path, str]]:
     return out
 
 
+def find_tasks(names: Sequence[str], include_path: Any = None) -> None:
+    """Raise :class:`RetentionError` unless every task name is found (cheap: the index, not the data)."""
+    if not names:
+        raise RetentionError("a retention check needs at least one task")
+    _task_manager(include_paths(include_path), names)
+
+
 def load_tasks(names: Sequence[str], paths: list[Path]) -> tuple[Any, dict[str, Any]]:
     """Build lm-eval Task objects (leaf tasks of any group) by name, with their TaskManager."""
     if not names:
@@ -266,7 +274,7 @@ def load_tasks(names: Sequence[str], paths: list[Path]) -> tuple[Any, dict[str, 
         entry = tm.task_index[name]
         where = Path(entry.yaml_path).parent if entry.yaml_path else Path.cwd()
         try:
-            with _chdir(where), _quiet_lm_eval():
+            with _chdir(where), _quiet_lm_eval(), progress.third_party_quiet():
                 loaded = tm.load([name])
         except Exception as exc:
             raise RetentionError(
@@ -486,11 +494,9 @@ def run_lm_eval(
     """Evaluate ``handle`` on the given Task objects with lm-eval, samples logged."""
     from lm_eval import simple_evaluate
 
-    from . import progress
-
     handle.load()  # its own progress line, before lm-eval's
-    label = f"lm-eval {', '.join(tasks)} on {handle.role} {handle.label}"
-    with progress.task(label), handle.active(), _quiet_lm_eval(), finite_logits(handle):
+    label = f"lm-eval {', '.join(tasks)} on {handle.role} {handle.short_label}"
+    with progress.task(label), handle.active(), _quiet_lm_eval(), progress.third_party_quiet(), finite_logits(handle):
         lm = _lm(handle, batch_size, seed, backend, warn or (lambda message: None))
         res = simple_evaluate(
             model=lm,

@@ -65,6 +65,7 @@ PALETTE = (
     "#17becf",
 )
 LIMIT_COLOR = "#b00020"
+FAIL_COLOR = "#e8000b"  # a failed check's marker and label, whatever its candidate's colour
 LABEL_WIDTH = 40
 DPI = 110
 
@@ -316,8 +317,8 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
                 [y],
                 linestyle="none",
                 marker="o" if rec.passed else "X",
-                markersize=8,
-                color=color,
+                markersize=8 if rec.passed else 11,
+                color=color if rec.passed else FAIL_COLOR,
                 label="_nolegend_",  # the row's tick label names the candidate
                 gid=_gid("retention-drop", rec.candidate),
             )
@@ -360,10 +361,15 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
                         color=color,
                     )
         ax.axvline(0.0, color="#444444", linewidth=1.0, gid=_gid("retention-zero"))
-        ax.set_yticks(range(len(recs)), [f"{_text(names[r.candidate], LABEL_WIDTH)} ({r.verdict})" for r in recs])
+        ax.set_yticks(range(len(recs)), [_row_label(names[r.candidate], r) for r in recs])
+        for tick, rec in zip(ax.get_yticklabels(), recs):
+            if not rec.passed:
+                tick.set_color(FAIL_COLOR)
+                tick.set_fontweight("bold")
         ax.set_ylim(len(recs) - 0.5, -0.5)  # first candidate on top, as in the tables
         hib = recs[0].details.get("higher_is_better", True)
-        ax.set_title(_text(f"{name}: {metric} ({'higher' if hib else 'lower'} is better)"))
+        gate = recs[0].details.get("gate")
+        ax.set_title(_text(f"{name}: {metric} ({'higher' if hib else 'lower'} is better; gate: {gate})"))
         ax.set_xlabel(f"drop in {_text(metric)} vs base (positive = worse), 95% CI")
         ax.grid(True, axis="x", alpha=0.3)
         markers = {"o": "drop, 95% CI (pass)", "X": "drop, 95% CI (fail)"}
@@ -374,6 +380,12 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
             first=True,
         )
     return fig
+
+
+def _row_label(name: str, rec: CheckRecord) -> str:
+    """A retention row's tick label: the candidate and its verdict, and why when the gate overrode the drop."""
+    why = " — CI crosses the allowance" if rec.gate_note else ""
+    return f"{_text(name, LABEL_WIDTH)} ({rec.verdict}){why}"
 
 
 # -- writing ----------------------------------------------------------------------

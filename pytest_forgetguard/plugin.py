@@ -18,7 +18,7 @@ import pytest
 from . import context
 from .session import ForgetguardSession
 from .settings import DEFAULT_SEED, SettingsError, device_problem, resolve
-from .stash import ORDER_KEY, PROGRESS_KEY, SESSION_KEY
+from .stash import ORDER_KEY, PROGRESS_KEY, QUIET_KEY, SESSION_KEY
 
 if TYPE_CHECKING:
     from .comparison import Forgetguard
@@ -116,15 +116,55 @@ def pytest_configure(config: pytest.Config) -> None:
         problem = device_problem(settings.device)
         if problem is not None:
             raise pytest.UsageError(f"forgetguard: --fg-device: {problem}")
+        trap = _rootdir_trap(config)
+        if trap is not None:
+            raise pytest.UsageError(f"forgetguard: {trap}")
 
     def load_model(spec: str, device: str, dtype: str) -> Any:
         return config.hook.pytest_forgetguard_load_model(spec=spec, device=device, dtype=dtype)
 
+    if settings.enabled:
+        from . import progress
+
+        # Third-party progress bars and known-harmless warnings, while forgetguard's own work runs: not
+        # shown, unless -vv asks for everything.
+        config.stash[QUIET_KEY] = progress.set_quiet(config.get_verbosity() < 2)
     parallel = _launch(config) if settings.enabled else None
     session = config.stash[SESSION_KEY] = ForgetguardSession(
         settings, custom_loader=load_model, warn=context.warn, parallel=parallel
     )
     config.pluginmanager.register(_RecordCollector(session), "forgetguard-records")
+
+
+# Options whose value is a path. pytest chooses its rootdir and config file from the paths among its
+# arguments before any plugin can say which are option values.
+_PATH_OPTIONS = ("--fg-base", "--fg-candidate", "--fg-cache-dir", "--fg-report-json", "--fg-report-md")
+
+
+def _rootdir_trap(config: pytest.Config) -> str | None:
+    """Why pytest's rootdir came from a path given as a forgetguard option's value (None when it did not).
+
+    ``--fg-base ../other/model`` is two arguments; pytest takes the second for a path to test and
+    may find ``../other/pyproject.toml`` as its config: another project's settings, and test ids
+    that start ``../other``. ``--fg-base=../other/model`` is one argument, which pytest leaves alone.
+    """
+    args = list(config.invocation_params.args)
+    if any(a in ("-c", "--config-file", "--rootdir") or a.startswith(("--rootdir=", "--config-file=")) for a in args):
+        return None  # the user chose
+    here = config.invocation_params.dir
+    root = config.rootpath
+    if here.is_relative_to(root):
+        return None  # the usual case: the rootdir holds the folder pytest was started in
+    for flag, value in zip(args, args[1:]):
+        path = (here / value).resolve() if flag in _PATH_OPTIONS else None
+        if path is not None and path.exists() and path.is_relative_to(root):
+            config_file = f" and {config.inipath} as its configuration" if config.inipath else ""
+            return (
+                f"pytest took {root} as its rootdir{config_file} because {flag} {value} is written as two "
+                f"arguments (pytest reads the value as a path to test). Write {flag}={value} (one argument), "
+                "or pass --rootdir / -c to choose"
+            )
+    return None
 
 
 def _launch(config: pytest.Config) -> "DataParallel | None":
@@ -172,9 +212,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if reporter is not None:
         from . import progress
 
-        tty = config.get_terminal_writer().hasmarkup and sys.stdout.isatty()
+        tw = config.get_terminal_writer()
+        tty = tw.hasmarkup and sys.stdout.isatty()
         capture = config.pluginmanager.get_plugin("capturemanager")
-        sink = progress.TerminalProgress(reporter, tty=tty, capture=capture)
+        sink = progress.TerminalProgress(reporter, tty=tty, capture=capture, verbose=config.get_verbosity(), tw=tw)
         config.stash[PROGRESS_KEY] = progress.set_sink(sink)
 
 
@@ -258,10 +299,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if PROGRESS_KEY in config.stash:
+    if PROGRESS_KEY in config.stash or QUIET_KEY in config.stash:
         from . import progress
 
-        progress.set_sink(config.stash[PROGRESS_KEY])
+        if PROGRESS_KEY in config.stash:
+            progress.set_sink(config.stash[PROGRESS_KEY])
+        if QUIET_KEY in config.stash:
+            progress.set_quiet(config.stash[QUIET_KEY])
     session = config.stash.get(SESSION_KEY, None)
     # Reports are written by the terminal summary; with no terminal (or no
     # checks) make sure the requested files still exist.

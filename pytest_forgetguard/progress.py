@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ class Event:
 
 Sink = Callable[[Event], None]
 _sink: Sink | None = None
+_BAR = re.compile(r"\d+%\|")  # a tqdm bar: "Loading weights:  50%|█████     | 10/21"
 
 
 def set_sink(sink: Sink | None) -> Sink | None:
@@ -84,38 +86,78 @@ def _format(event: Event) -> str:
 
 
 class TerminalProgress:
-    """Writes events to a pytest ``TerminalReporter`` (duck-typed: ``write``, ``write_line``, ``ensure_newline``).
+    """Writes events to pytest's terminal without breaking its layout.
 
-    On a terminal the running line is rewritten in place (at most ``interval``
-    seconds apart); in a log (CI) each task prints a line when it ends, and a
-    line every ``log_interval`` seconds while it runs, so a long step is never
-    silent.
+    ``reporter`` is a pytest ``TerminalReporter`` (duck-typed: ``write``,
+    ``write_line``, ``ensure_newline``) and ``tw`` its ``TerminalWriter``
+    (``flush``, ``fullwidth``, ``width_of_current_line``).
+
+    - On a terminal, by default, the running step is shown after pytest's
+      current line (``forgetguard_newtask.yaml ..  [forgetguard: sampling 12/32]``)
+      and erased when it ends: the dots stay on their line.
+    - In a log (CI), by default, only steps that run ``log_interval`` seconds
+      or more print a line (when they end, and every ``log_interval`` seconds
+      while they run), so a long step is never silent and a short one adds nothing.
+    - With ``-v`` (``verbose`` >= 1) every step prints a line when it ends.
     """
 
     def __init__(
-        self, reporter: Any, tty: bool, interval: float = 0.5, log_interval: float = 30.0, capture: Any = None
+        self,
+        reporter: Any,
+        tty: bool,
+        interval: float = 0.5,
+        log_interval: float = 30.0,
+        capture: Any = None,
+        verbose: int = 0,
+        tw: Any = None,
     ) -> None:
-        self.reporter, self.tty = reporter, tty
+        self.reporter, self.tty, self.verbose, self.tw = reporter, tty, verbose, tw
         # pytest's capture manager: output written during a test is captured unless capture is suspended.
         self.capture = capture
         self.interval, self.log_interval = interval, log_interval
         self._last = 0.0
         self._open: str | None = None  # label of a line written with "\r" and no newline yet
+        self._shown = 0  # characters of the transient status now on screen
 
     def __call__(self, event: Event) -> None:
         now = time.perf_counter()
+        transient = self.tty and not self.verbose and self.tw is not None
         if not event.finished:
-            if self.tty and self._open == event.label and now - self._last < self.interval:
+            if self.tty and now - self._last < self.interval and (self._open == event.label or transient):
                 return
             # In a log: nothing when a task starts, then a line every log_interval seconds.
             if not self.tty and now - max(self._last, now - event.elapsed) < self.log_interval:
                 return
+        elif not self.tty and not self.verbose and event.elapsed < self.log_interval:
+            return  # a short step, in a log: nothing to say
         self._last = now
         if self.capture is not None:
             with self.capture.global_and_fixture_disabled():
-                self._write(event)
+                self._dispatch(event, transient)
+        else:
+            self._dispatch(event, transient)
+
+    def _dispatch(self, event: Event, transient: bool) -> None:
+        if transient:
+            self._status(event)
         else:
             self._write(event)
+
+    def _status(self, event: Event) -> None:
+        """Show (or, when the step ended, erase) a status after pytest's current line, untracked by pytest."""
+        import sys
+
+        self.tw.flush()  # pytest's own text first
+        out = sys.stdout
+        erase = "\b" * self._shown + " " * self._shown + "\b" * self._shown
+        if event.finished:
+            text = ""
+        else:
+            room = self.tw.fullwidth - self.tw.width_of_current_line - 4
+            text = f" [{_format(event)}]"[: max(room, 0)]
+        out.write(erase + text)
+        out.flush()
+        self._shown = len(text)
 
     def _write(self, event: Event) -> None:
         text = _format(event)
@@ -130,6 +172,85 @@ class TerminalProgress:
                 self.reporter.write("\n")
         else:
             self.reporter.write_line(text)
-        # pytest prints the file name again before the next result, instead of a bare dot.
-        if hasattr(self.reporter, "currentfspath"):
-            self.reporter.currentfspath = None
+        where = getattr(self.reporter, "currentfspath", None)
+        if not self.verbose and where is not None and hasattr(self.reporter, "startpath"):
+            # Back to pytest's line: the file again, so the next dot lands after it, not alone below.
+            import os
+
+            self.reporter.write(f"{os.path.relpath(where, self.reporter.startpath)} ")
+        elif hasattr(self.reporter, "currentfspath"):
+            self.reporter.currentfspath = None  # pytest prints the file name again before its next result
+
+
+# -- third-party noise ------------------------------------------------------------------
+
+_quiet = False  # set by the plugin: hide third-party progress bars and known-harmless warnings
+
+# Warnings our own calls into other libraries cause and a user can do nothing about.
+HARMLESS_WARNINGS = (
+    # peft 0.21 calls a transformers 5 alias deprecated for v6.
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+)
+
+
+def set_quiet(quiet: bool) -> bool:
+    """Whether :func:`third_party_quiet` hides anything (the plugin turns it on unless ``-vv``); returns the old value."""
+    global _quiet
+    previous, _quiet = _quiet, quiet
+    return previous
+
+
+class _NoBars:
+    """A stand-in for ``sys.stderr`` that drops progress bars (tqdm redraws lines with ``\\r``) and passes the rest."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._in_bar = False
+
+    def write(self, text: str) -> int:
+        if "\r" in text or _BAR.search(text):
+            self._in_bar = True
+            return len(text)
+        if self._in_bar and not text.strip():  # the newline a closed bar ends with
+            self._in_bar = False
+            return len(text)
+        self._in_bar = False
+        return int(self.stream.write(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def third_party_quiet() -> Iterator[None]:
+    """Around forgetguard's calls into transformers, peft and lm-eval: their progress bars, info logs and
+    known-harmless warnings are not shown (forgetguard's own progress lines say what runs).
+
+    Only while forgetguard's own work runs, so a user's code and its warnings are never hidden; and
+    only when the plugin asked for it (:func:`set_quiet`), so library use outside pytest shows everything.
+    """
+    if not _quiet:
+        yield
+        return
+    import logging
+    import sys
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("transformers", "peft", "lm_eval", "datasets")]
+    levels = [lg.level for lg in loggers]
+    stderr = sys.stderr
+    try:
+        for lg in loggers:
+            lg.setLevel(max(lg.level, logging.ERROR))
+        sys.stderr = _NoBars(stderr)
+        with warnings.catch_warnings():
+            for category, message in HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        sys.stderr = stderr
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -81,6 +81,27 @@ class CheckRecord:
         self.passed = bool(passed) and error is None and finite
 
     @property
+    def gate_note(self) -> str | None:
+        """Why a retention gate decided against the observed drop (None when it did not): the policy is
+        shown where it decides.
+
+        >>> r = CheckRecord("k", "retention", "c", "acc", value=0.6, budget=0.05, passed=True,
+        ...                 details={"drop": 0.08, "gate": "significant"})
+        >>> r.gate_note
+        'over the allowance, but its 95% CI crosses it: not significant (gate: significant)'
+        """
+        drop, gate, allowance = self.details.get("drop"), self.details.get("gate"), self.budget
+        if self.kind != "retention" or self.error is not None or allowance is None:
+            return None
+        if not isinstance(drop, (int, float)) or not math.isfinite(drop):
+            return None
+        if gate == "significant" and self.passed and drop > allowance:
+            return "over the allowance, but its 95% CI crosses it: not significant (gate: significant)"
+        if gate == "strict" and not self.passed and drop <= allowance:
+            return "within the allowance, but its 95% CI crosses it: not shown to hold (gate: strict)"
+        return None
+
+    @property
     def verdict(self) -> str:
         if self.error is not None:
             return "ERROR"

@@ -32,14 +32,16 @@ def _num(x: float | None) -> str:
 
 
 def rows(records: Sequence[CheckRecord]) -> list[tuple[str, ...]]:
-    """One row per check. For retention the CI is that of the delta (candidate - base)."""
+    """One row per check, candidates by their short ids. For retention the CI is that of the delta
+    (candidate - base); a verdict the gate decided against the observed drop is marked ``*``."""
+    labels = dict(zip(candidates_of(records), column_labels(candidates_of(records))))
     out: list[tuple[str, ...]] = []
     for r in records:
         ci = "-" if r.ci_low is None else f"{_num(r.ci_low)}..{_num(r.ci_high)}"
         out.append(
             (
                 r.name,
-                r.candidate,
+                labels[r.candidate],
                 r.metric,
                 _num(r.base_value),
                 _num(r.value),
@@ -48,10 +50,16 @@ def rows(records: Sequence[CheckRecord]) -> list[tuple[str, ...]]:
                 ci,
                 "-" if r.n is None else str(r.n),
                 "-" if r.p_value is None else f"{r.p_value:.3g}",
-                r.verdict,
+                r.verdict + ("*" if r.gate_note else ""),
             )
         )
     return out
+
+
+def gate_notes(records: Sequence[CheckRecord]) -> list[str]:
+    """A footnote per check whose gate decided against its observed drop (the rows marked ``*``)."""
+    labels = dict(zip(candidates_of(records), column_labels(candidates_of(records))))
+    return [f"* {r.name} [{labels[r.candidate]}]: {r.gate_note}" for r in records if r.gate_note]
 
 
 def terminal_table(records: Sequence[CheckRecord]) -> str:
@@ -75,6 +83,7 @@ def terminal_lines(records: Sequence[CheckRecord]) -> list[tuple[str, str | None
         out += [("", None), ("candidates side by side (value, verdict):", None)]
         out += [(line, None) for line in lines[:2]]
         out += [(line, v) for line, v in zip(lines[2:], verdicts)]
+    out += [(note, None) for note in gate_notes(records)]
     notes = warnings_of(records)
     if notes:
         out += [("", None), ("warnings:", None)]
@@ -112,8 +121,10 @@ def side_by_side(
     for name in names:
         recs = [cell.get((name, c)) for c in cands]
         budget = next((r.budget for r in recs if r is not None and r.budget is not None), None)
-        row = [name, _num(budget)]
-        row += ["-" if r is None else f"{_num(r.value)} {r.verdict}" for r in recs]
+        # Retention rows compare the drop with the allowed drop: one unit per row (the scores are in the full table).
+        drops = any(r is not None and r.kind == "retention" for r in recs)
+        row = [name, f"drop ≤ {_num(budget)}" if drops else _num(budget)]
+        row += ["-" if r is None else _cell(r) for r in recs]
         body.append(row)
         verdicts.append("PASS" if all(r is not None and r.passed for r in recs) else "FAIL")
     totals = ["all checks", ""]
@@ -123,6 +134,15 @@ def side_by_side(
     body.append(totals)
     verdicts.append("PASS" if all(r.passed for r in records) else "FAIL")
     return ["check", "budget", *column_labels(cands)], body, verdicts
+
+
+def _cell(r: CheckRecord) -> str:
+    """A side-by-side cell: the value the check compares with its budget, and the verdict."""
+    if r.kind == "retention" and isinstance(r.details.get("drop"), (int, float)):
+        value = f"{r.details['drop'] + 0.0:+.3g}"  # + 0.0: no "-0" for an unchanged score
+    else:
+        value = _num(r.value)
+    return f"{value} {r.verdict}{'*' if r.gate_note else ''}"
 
 
 def json_report(
@@ -140,11 +160,17 @@ def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def markdown_report(records: Sequence[CheckRecord], base: dict[str, Any] | None, plots: Sequence[str] = ()) -> str:
+def markdown_report(
+    records: Sequence[CheckRecord],
+    base: dict[str, Any] | None,
+    plots: Sequence[str] = (),
+    candidates: Sequence[dict[str, Any]] = (),
+) -> str:
     """A pull-request comment: the verdict first, then the table(s), then what failed and why.
 
-    ``plots`` are file names written next to the report (listed, since a
-    comment cannot embed local files).
+    Models are named by their short ids everywhere but in one table of the
+    models (full SPEC and fingerprint). ``plots`` are file names written next
+    to the report (listed, since a comment cannot embed local files).
     """
     failed = [r for r in records if not r.passed]
     cands = candidates_of(records)
@@ -155,11 +181,18 @@ def markdown_report(records: Sequence[CheckRecord], base: dict[str, Any] | None,
     else:
         verdict = f"❌ forgetguard: {len(failed)} of {len(records)} checks failed"
     lines = [f"## {verdict}", ""]
+    labels = dict(zip(cands, column_labels(cands)))
     if len(cands) > 1:
-        passing = [c for c in cands if all(r.passed for r in records if r.candidate == c)]
+        passing = [labels[c] for c in cands if all(r.passed for r in records if r.candidate == c)]
         lines += [f"Candidates passing every check: {', '.join(f'`{c}`' for c in passing) or 'none'}.", ""]
-    if base:
-        lines += [f"Base: `{base.get('spec')}` (fingerprint `{base.get('fingerprint')}`)", ""]
+    models = ([("base", base)] if base else []) + [("candidate", c) for c in candidates]
+    if models:
+        lines += [_md_row(("model", "SPEC", "fingerprint")), "|---|---|---|"]
+        for role, info in models:
+            spec = str(info.get("spec"))
+            short = labels.get(spec, candidate_id(spec))
+            lines.append(_md_row((f"{role} `{short}`", f"`{spec}`", f"`{info.get('fingerprint')}`")))
+        lines.append("")
     grid = side_by_side(records)
     if grid is not None:
         headers, body, _ = grid
@@ -169,12 +202,15 @@ def markdown_report(records: Sequence[CheckRecord], base: dict[str, Any] | None,
     if records:
         lines += [_md_row(HEADERS), "|" + "---|" * len(HEADERS)]
         lines += [_md_row(row) for row in rows(records)]
+    notes_gate = gate_notes(records)
+    if notes_gate:
+        lines += [""] + [f"\\{note}  " for note in notes_gate]
     notes = warnings_of(records)
     if notes:
         lines += ["", "**Warnings**", ""]
         lines += [f"- ⚠️ {message} (checks: {', '.join(f'`{c}`' for c in checks)})" for message, checks in notes]
     for r in failed:
-        lines += ["", f"<details><summary>{r.verdict}: {r.name} ({r.candidate})</summary>", ""]
+        lines += ["", f"<details><summary>{r.verdict}: {r.name} ({labels[r.candidate]})</summary>", ""]
         lines += ["```", (r.error or r.details.get("message") or "").strip(), "```", "</details>"]
     if plots:
         lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]

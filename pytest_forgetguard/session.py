@@ -254,7 +254,7 @@ class ForgetguardSession:
             write_json(self.settings.report_json, json_report(records, base, cands))
             written.append(str(self.settings.report_json))
         if self.settings.report_md is not None:
-            text = markdown_report(records, base, plots=[os.path.basename(p) for p in plots])
+            text = markdown_report(records, base, plots=[os.path.basename(p) for p in plots], candidates=cands)
             write_atomic(self.settings.report_md, text)
             written.append(str(self.settings.report_md))
         return written + plots

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ForgetguardError
+
 DEFAULT_SEED = 1234
 DEVICES_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -168,10 +170,23 @@ def resolve(
         return v
 
     base = _first(cli.get("base"), env.get("FORGETGUARD_BASE"), ini_path(ini.get("base")))
+    base_from = (
+        "--fg-base" if cli.get("base") else "FORGETGUARD_BASE" if env.get("FORGETGUARD_BASE") else "forgetguard_base"
+    )
     cand_cli = [str(c) for c in _as_list(cli.get("candidates"))]
     cand_env = _split_specs(env.get("FORGETGUARD_CANDIDATE", ""))
     cand_ini = [str(ini_path(c)) for c in _as_list(ini.get("candidates"))]
     candidates = tuple(cand_cli or cand_env or cand_ini)
+    cand_from = "--fg-candidate" if cand_cli else "FORGETGUARD_CANDIDATE" if cand_env else "forgetguard_candidate"
+    if cli.get("enabled"):
+        # A SPEC that cannot name a model is a usage error now, before anything is collected or loaded.
+        from .models.spec import parse_spec
+
+        for option, spec in [(base_from, base)] * bool(base) + [(cand_from, c) for c in candidates]:
+            try:
+                parse_spec(str(spec))
+            except ForgetguardError as exc:
+                raise SettingsError(option, str(exc)) from None
 
     # Device, dtype and seed stay None when no option gives them: a suite file may then set them.
     device_raw = _first(cli.get("device"), ini.get("device"))

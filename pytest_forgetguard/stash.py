@@ -17,3 +17,4 @@ from .session import ForgetguardSession
 SESSION_KEY = pytest.StashKey[ForgetguardSession]()
 PROGRESS_KEY = pytest.StashKey[Any]()  # the progress sink to restore at unconfigure
 ORDER_KEY = pytest.StashKey[dict[str, int]]()  # nodeid -> index in the collection
+QUIET_KEY = pytest.StashKey[bool]()  # whether third-party output was quiet before this run (restored at the end)

@@ -227,14 +227,48 @@ def _require(where: _Where, keys: tuple[Any, ...], label: str, kind: str, option
             raise where.error(keys, f"{label}: {what} (in the check or under defaults.{kind})")
 
 
-def _resolve_model(where: _Where, keys: tuple[Any, ...], label: str, value: Any, directory: Path) -> list[str]:
+def _resolve_model(
+    where: _Where, keys: tuple[Any, ...], label: str, value: Any, directory: Path
+) -> list[tuple[tuple[Any, ...], str]]:
+    """Each model SPEC with where it is written; a path relative to the suite file is made absolute.
+
+    A relative path that exists wins over a hub id of the same spelling; one that does not exist is
+    kept as where the suite would have found it, so :func:`_check_models` reports that place.
+    """
     specs = _value(where, keys, label, value, MODEL_KEYS[keys[-1]], directory)
     out = []
-    for spec in specs if isinstance(specs, list) else [specs]:
-        # A path relative to the suite file wins over a hub id of the same spelling when it exists.
-        local = directory / spec
-        out.append(str(local) if not Path(spec).is_absolute() and local.exists() else spec)
+    for i, spec in enumerate(specs if isinstance(specs, list) else [specs]):
+        local = directory / Path(spec).expanduser()
+        first = spec.split("/", 1)[0]
+        relative_path = spec.startswith(".") or spec.lower().endswith(".gguf") or (directory / first).is_dir()
+        resolved = str(local) if local.exists() or (relative_path and not Path(spec).is_absolute()) else spec
+        out.append((keys + (i,) if isinstance(specs, list) else keys, resolved))
     return out
+
+
+def _check_models(where: _Where, entries: list[tuple[tuple[Any, ...], str]]) -> None:
+    """A model SPEC that cannot name a model is a collection error, before anything loads."""
+    from .errors import ForgetguardError
+    from .models.spec import parse_spec
+
+    for keys, spec in entries:
+        try:
+            parse_spec(spec)
+        except ForgetguardError as exc:
+            label = ".".join(str(k) for k in keys if not isinstance(k, int))
+            raise where.error(keys, f"{label}: {exc} (paths are relative to the suite file)") from None
+
+
+def _check_prompts(where: _Where, keys: tuple[Any, ...], label: str, path: str) -> None:
+    """A prompt file is read whole at collection (cheap): empty, not JSON or not UTF-8 is an error now,
+    not after two models loaded."""
+    from .errors import PromptFileError
+    from .prompts import load_prompts
+
+    try:
+        load_prompts(path)
+    except PromptFileError as exc:
+        raise where.error(keys, f"{label}: {exc}") from None
 
 
 # -- the suite ---------------------------------------------------------------------
@@ -264,15 +298,17 @@ def parse_suite(data: Any, path: Path, lines: Lines | None = None, display: str 
 
     base: str | None = None
     candidates: tuple[str, ...] = ()
+    model_specs: list[tuple[tuple[Any, ...], str]] = []
     if "models" in data:
         models = _mapping(where, ("models",), "models", data["models"])
         _check_keys(where, ("models",), "models", models, MODEL_KEYS)
         if "base" in models:
-            base = _resolve_model(where, ("models", "base"), "models.base", models["base"], directory)[0]
+            model_specs += _resolve_model(where, ("models", "base"), "models.base", models["base"], directory)
+            base = model_specs[-1][1]
         if "candidate" in models:
-            candidates = tuple(
-                _resolve_model(where, ("models", "candidate"), "models.candidate", models["candidate"], directory)
-            )
+            found = _resolve_model(where, ("models", "candidate"), "models.candidate", models["candidate"], directory)
+            model_specs += found
+            candidates = tuple(spec for _, spec in found)
 
     defaults: dict[str, dict[str, Any]] = {}
     if "defaults" in data:
@@ -312,6 +348,9 @@ def parse_suite(data: Any, path: Path, lines: Lines | None = None, display: str 
         own = _options(where, keys + (kind,), f"{label}: {kind}", kind, item[kind], directory)
         options = {**defaults.get(kind, {}), **own}
         _require(where, keys + (kind,), f"{label}: {kind}", kind, options)
+        if kind == "kl":
+            at = keys + (kind, "prompts") if "prompts" in own else ("defaults", "kl", "prompts")
+            _check_prompts(where, at, f"{label}: kl.prompts", options["prompts"])
 
         marks: tuple[str, ...] = ()
         if "marks" in item:
@@ -324,6 +363,7 @@ def parse_suite(data: Any, path: Path, lines: Lines | None = None, display: str 
             raw_skip = _value(where, keys + ("skip",), f"{label}: skip", item["skip"], CHECK_KEYS["skip"], directory)
             skip = (DEFAULT_SKIP_REASON if raw_skip else None) if isinstance(raw_skip, bool) else raw_skip
         checks.append(CheckSpec(name, kind, options, marks=marks, skip=skip, line=line, index=i))
+    _check_models(where, model_specs)
     return Suite(
         path=path,
         checks=tuple(checks),

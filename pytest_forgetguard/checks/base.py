@@ -139,7 +139,6 @@ class PairChecks:
         run = CheckRun(pending, self._record)
         with context.running_check(pending.name):
             try:
-                self._model_notices()
                 self.base.ensure_usable()
                 self.candidate.ensure_usable()
                 yield run
@@ -156,10 +155,13 @@ class PairChecks:
             yield
             return
         with context.running_check(self.default_name):
-            self._model_notices()
             yield
+            self._model_notices()
 
     def _record(self, rec: CheckRecord, passed: bool, error: str | None) -> None:
+        # At the end, not the start: a check whose input is bad (an empty prompt file) errors before
+        # any model is touched, and the notices (which hash or load models) come with its record.
+        self._model_notices(compare=error is None)
         rec.settle(passed, error)
         notes = context.current_notes()
         if notes:
@@ -169,13 +171,16 @@ class PairChecks:
 
     # -- what every kind may need -------------------------------------------------------
 
-    def _model_notices(self) -> None:
-        """Warnings every check of this pair carries: a candidate identical to its base, adapter notices."""
+    def _model_notices(self, compare: bool = True) -> None:
+        """Warnings every check of this pair carries: a candidate identical to its base, adapter notices.
+
+        ``compare=False`` (a check that errored) only repeats what is known: it does not hash models.
+        """
         cand = self.candidate
         try:
-            same = not cand.is_adapter and self.base.fingerprint == cand.fingerprint  # base first: load order
-        except ForgetguardError:
-            same = False  # the check itself will say what is wrong with the model
+            same = compare and not cand.is_adapter and self.base.fingerprint == cand.fingerprint  # base first
+        except Exception:  # the check itself says what is wrong with a model; a notice never hides it
+            same = False
         if same:
             message = (
                 f"candidate {cand.label!r} is identical to the base {self.base.label!r} (same fingerprint "

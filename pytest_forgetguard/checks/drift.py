@@ -53,18 +53,19 @@ class DriftChecks(PairChecks):
     ) -> DriftResult:
         """Fail with :class:`~pytest_forgetguard.errors.DriftExceeded` when the weights moved more than allowed."""
         __tracebackhide__ = True
-        if max_relative_l2 is None and max_changed_fraction is None:
-            raise ValueError("assert_drift needs max_relative_l2 and/or max_changed_fraction")
-        limits = {
-            "relative_l2": None if max_relative_l2 is None else check_number("max_relative_l2", max_relative_l2),
-            "changed_fraction": None
-            if max_changed_fraction is None
-            else check_number("max_changed_fraction", max_changed_fraction),
-        }
-        metric = "relative_l2" if limits["relative_l2"] is not None else "changed_fraction"
-        with self._running(name, kind="drift", metric=metric, budget=limits[metric]) as run:
+        metric = "relative_l2" if max_relative_l2 is not None else "changed_fraction"
+        with self._running(name, kind="drift", metric=metric) as run:  # a bad argument is recorded too
+            if max_relative_l2 is None and max_changed_fraction is None:
+                raise ValueError("assert_drift needs max_relative_l2 and/or max_changed_fraction")
+            limits = {
+                "relative_l2": None if max_relative_l2 is None else check_number("max_relative_l2", max_relative_l2),
+                "changed_fraction": None
+                if max_changed_fraction is None
+                else check_number("max_changed_fraction", max_changed_fraction),
+            }
+            run.pending.budget = limits[metric]
             result = dataclasses.replace(self.drift(tolerance), limits=limits)
-            message = None if result.passed else result.failure_message(self.candidate.label)
+            message = None if result.passed else result.failure_message(self.candidate.short_label)
             run.finish(result.to_record(run.name, run.candidate), result.passed, message)
             if message is not None:
                 raise DriftExceeded(message, result)

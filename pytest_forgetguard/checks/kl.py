@@ -101,13 +101,15 @@ class KLChecks(PairChecks):
         so a test can assert more on it.
         """
         __tracebackhide__ = True
-        budget = check_number("budget", budget)
         direction = kl_options.get("direction", "forward")
         metric = METRICS.get(direction, str(direction))
-        with self._running(name, kind="kl", metric=metric, budget=budget) as run:
+        with self._running(name, kind="kl", metric=metric) as run:  # a bad argument is recorded too
+            budget = run.pending.budget = check_number("budget", budget)
             result = self.kl(prompts, **kl_options)
             result.budget = budget
-            message = None if result.passed else result.failure_message(self.candidate.label, self.base.label)
+            message = (
+                None if result.passed else result.failure_message(self.candidate.short_label, self.base.short_label)
+            )
             run.finish(result.to_record(run.name, run.candidate), result.passed, message)
             if message is not None:
                 raise KLBudgetExceeded(message, result)

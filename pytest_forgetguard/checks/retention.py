@@ -87,21 +87,21 @@ class RetentionChecks(PairChecks):
         unless the 95% CI shows the drop is within the allowance.
         """
         __tracebackhide__ = True
-        if gate not in GATES:
-            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
-        for label, v in (("max_drop", max_drop), ("max_drop_relative", max_drop_relative)):
-            if v is not None:
-                check_number(label, v)
-        if max_drop is None and max_drop_relative is None:
-            raise ValueError("assert_retained needs max_drop (absolute) and/or max_drop_relative")
         metric = str(retention_options.get("metric") or "-")
-        with self._running(name, kind="retention", metric=metric) as run:
+        with self._running(name, kind="retention", metric=metric) as run:  # a bad argument is recorded too
+            if gate not in GATES:
+                raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+            for label, v in (("max_drop", max_drop), ("max_drop_relative", max_drop_relative)):
+                if v is not None:
+                    check_number(label, v)
+            if max_drop is None and max_drop_relative is None:
+                raise ValueError("assert_retained needs max_drop (absolute) and/or max_drop_relative")
             result = self.retention(task, **retention_options)
             result.gate_on(max_drop, max_drop_relative, gate)
             underpowered = result.underpowered(run.name)
             if underpowered:
                 context.note(underpowered)
-            message = None if result.passed else result.failure_message(self.candidate.label, run.name)
+            message = None if result.passed else result.failure_message(self.candidate.short_label, run.name)
             run.finish(result.to_record(run.name, run.candidate), result.passed, message)
             if message is not None:
                 raise CapabilityForgotten(message, result)
@@ -122,9 +122,10 @@ class RetentionChecks(PairChecks):
         apply_chat_template: bool,
         backend: str,
     ) -> RetentionResult:
-        from ..lmeval import evaluate, lm_eval_aggregation
+        from ..lmeval import evaluate, find_tasks, lm_eval_aggregation
         from ..retention import compare
 
+        find_tasks(names, include_path)  # an unknown task or a broken task file: an error before any model loads
         self._vocab(False)
         options = dict(
             include_path=include_path,

@@ -89,6 +89,15 @@ def materialize_gguf(path: Path, cache_dir: Path | None, warn: Callable[[str], N
         if warn:
             warn(f"forgetguard: discarding the converted GGUF copy at {target} ({why}); converting again")
         shutil.rmtree(target, ignore_errors=True)
+    from .. import progress
+
+    with progress.task(f"converting {path.name} from GGUF (once; cached)"), progress.third_party_quiet():
+        _convert(path, target, digest)
+    return target
+
+
+def _convert(path: Path, target: Path, digest: str) -> None:
+    """Load the GGUF file with transformers (dequantized to float32) and publish it as a safetensors copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -112,4 +121,3 @@ def materialize_gguf(path: Path, cache_dir: Path | None, warn: Callable[[str], N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     publish_directory(tmp, target)  # False: a concurrent run published the same conversion first, fine
-    return target

@@ -84,6 +84,13 @@ class ModelHandle:
         return self.spec.text
 
     @property
+    def short_label(self) -> str:
+        """How a person reads the model's name in messages and tables: its SPEC's last path component."""
+        from ..records import candidate_id
+
+        return candidate_id(self.spec.text)
+
+    @property
     def run_base(self) -> "ModelHandle | None":
         """The base this candidate is compared with (None for a base)."""
         return self._run_base
@@ -214,7 +221,7 @@ class ModelHandle:
             return
         from .. import progress
 
-        with progress.task(f"loading {self.role} {self.label}"):
+        with progress.task(f"loading {self.role} {self.short_label}"), progress.third_party_quiet():
             try:
                 loaded = self.store.load(self)
             except ForgetguardError as exc:

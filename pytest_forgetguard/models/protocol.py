@@ -37,6 +37,10 @@ class ModelLike(Protocol):
         """How messages name the model (its SPEC)."""
 
     @property
+    def short_label(self) -> str:
+        """How tables, progress lines and failure messages name the model (its SPEC's last path component)."""
+
+    @property
     def fingerprint(self) -> str:
         """A content hash: equal for equal weights, config and tokenizer."""
 

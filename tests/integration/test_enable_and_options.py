@@ -93,10 +93,16 @@ def test_missing_base_is_a_clear_error(pytester, monkeypatch):
 
 
 def test_missing_model_path_is_a_clear_error(pytester):
+    """A SPEC that cannot name a model is one usage error line, before anything is collected or loaded."""
     pytester.makepyfile(TEST_FILE)
-    result = pytester.runpytest("--forgetguard", "--fg-base", "./nowhere/model", "--fg-candidate", "./x")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*model SPEC './nowhere/model': no such file or directory*"])
+    result = pytester.runpytest("--forgetguard", "--fg-base=./nowhere/model", "--fg-candidate=./x")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: forgetguard: --fg-base: model SPEC './nowhere/model': no such file or directory*"]
+    )
+    assert len([line for line in result.stderr.lines if line]) == 1 and result.stdout.str().strip() == ""
+    result = pytester.runpytest("--forgetguard", "--fg-base=org/model", "--fg-candidate=./x")
+    result.stderr.fnmatch_lines(["ERROR: forgetguard: --fg-candidate: model SPEC './x': no such file or directory*"])
 
 
 def test_load_model_hook(pytester, tiny):

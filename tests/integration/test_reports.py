@@ -103,10 +103,11 @@ def test_several_candidates_side_by_side(project):
 
     md = (project.path / "out/r.md").read_text().splitlines()
     assert md[0] == "## ❌ forgetguard: 3 of 6 checks failed"  # the verdict first
-    assert "Candidates passing every check: `counted://twin`." in md
+    assert "Candidates passing every check: `twin`." in md  # short ids; the full SPECs once, in the models table
+    assert any(line.startswith("| candidate `twin` | `counted://twin` | `") for line in md)
     side = md.index("| check | budget | twin | candidate |")
     assert md[side + 2].startswith("| task-kl | 0.05 | 0 PASS | ")
-    assert md[-1] != "" and any(line.startswith("<details><summary>FAIL: weights (counted://candidate)") for line in md)
+    assert md[-1] != "" and any(line.startswith("<details><summary>FAIL: weights (candidate)") for line in md)
 
 
 def _pid(pytester) -> str:
@@ -118,8 +119,9 @@ def test_table_rows_are_coloured_by_verdict(project):
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     green, red = "\x1b[32m", "\x1b[31m"
-    assert re.search(re.escape(green) + r"task-kl +counted://twin .*PASS", out)
-    assert re.search(re.escape(red) + r"task-kl +counted://candidate .*FAIL", out)
+    # Candidates by their short ids, as in the test ids.
+    assert re.search(re.escape(green) + r"task-kl +twin .*PASS", out)
+    assert re.search(re.escape(red) + r"task-kl +candidate .*FAIL", out)
     plain = project.runpytest("--forgetguard", *candidate_args(*CANDIDATES), "--color=no", "-k", "task-kl")
     assert "\x1b[" not in plain.stdout.str()
 
@@ -134,17 +136,22 @@ def test_progress_of_model_work_is_shown(project):
     )
     # No cache: a cached sample would (rightly) skip the sampling step.
     args = ("--forgetguard", "--fg-no-cache", *candidate_args("counted://candidate"))
-    # A subprocess: pytest's capture of test output is on, as in a user's run.
-    result = project.runpytest_subprocess(*args, "-k", "task-kl or sampled")
+    # A subprocess: pytest's capture of test output is on, as in a user's run. -v: every step, a line.
+    result = project.runpytest_subprocess(*args, "-k", "task-kl or sampled", "-v")
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            "forgetguard: loading base counted://base (* s)",
-            "forgetguard: loading candidate counted://candidate (* s)",
+            "forgetguard: loading base base (* s)",
+            "forgetguard: loading candidate candidate (* s)",
             "forgetguard: scoring KL 4/4 prompts (* s)",
-            "forgetguard: sampling from base counted://base 4/4 prompts (* s)",
+            "forgetguard: sampling from base base 4/4 prompts (* s)",
         ]
     )
+    # By default, in a log, a step shorter than 30 s prints nothing: the dots stay on their line.
+    default = project.runpytest_subprocess(*args, "-k", "task-kl or sampled")
+    default.stdout.re_match_lines([r"^test_sampled\.py \. +\["])  # the dot on the file's line, not below it
+    default.stdout.re_match_lines([r"^forgetguard_suite\.yaml F +\["])
+    assert "forgetguard: " not in default.stdout.str().split("= FAILURES =")[0]
     quiet = project.runpytest_subprocess("--forgetguard", *candidate_args("counted://candidate"), "-k", "task-kl", "-q")
     assert "forgetguard: loading" not in quiet.stdout.str()
 

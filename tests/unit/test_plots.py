@@ -364,3 +364,24 @@ def test_import_is_light_and_user_matplotlib_state_is_untouched(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_failed_retention_check_stands_out_and_the_gate_is_named(mpl):
+    from pytest_forgetguard.plots import FAIL_COLOR
+
+    def rec(candidate, drop, passed, gate="significant"):
+        return CheckRecord(
+            name="facts", kind="retention", candidate=candidate, metric="acc", value=0.6, base_value=0.7,
+            budget=0.05, ci_low=-drop - 0.02, ci_high=-drop + 0.06, n=302, passed=passed,
+            details={"drop": drop, "drop_ci": [drop - 0.06, drop + 0.02], "gate": gate, "higher_is_better": True},
+        )  # fmt: skip
+
+    fig = retention_figure([rec("ok", 0.0, True), rec("over", 0.08, True), rec("bad", 0.2, False)])
+    [ax] = fig.axes
+    assert "gate: significant" in ax.get_title()
+    bad = artists(fig, "retention-drop", "bad")[0]
+    assert bad.get_marker() == "X" and bad.get_color() == FAIL_COLOR
+    assert artists(fig, "retention-drop", "ok")[0].get_color() != FAIL_COLOR
+    ticks = {t.get_text(): t for t in ax.get_yticklabels()}
+    assert ticks["bad (FAIL)"].get_color() == FAIL_COLOR
+    assert "over (PASS) — CI crosses the allowance" in ticks

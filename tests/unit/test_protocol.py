@@ -24,6 +24,7 @@ class Fake:
 
     def __init__(self, model: Any, tokenizer: Any, role: str) -> None:
         self.raw_model, self.tokenizer, self.role, self.label = model, tokenizer, role, f"fake {role}"
+        self.short_label = self.label
         self.fingerprint, self.adapter_name, self.dtype, self.device_class = role, None, "float32", "cpu"
         self.is_adapter, self.device, self.failure = False, torch.device("cpu"), None
 

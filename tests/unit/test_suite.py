@@ -257,6 +257,7 @@ def test_an_exponent_string_is_not_a_string_option(suite_dir):
 
 def test_relative_model_paths_resolve_against_the_suite(suite_dir):
     (suite_dir / "models" / "base").mkdir(parents=True)
+    (suite_dir / "models" / "base" / "config.json").write_text("{}")  # a model directory, as SPECs are checked
     p = write(
         suite_dir,
         "models: {base: models/base, candidate: org/cand}\nchecks:\n  - {name: a, drift: {max_relative_l2: 1}}\n",
@@ -328,3 +329,33 @@ def test_booleans_and_numbers_keep_their_yaml_types(suite_dir):
     options = load_suite(p).checks[0].options
     assert options["budget"] == 0 and options["allow_vocab_mismatch"] is True and options["limit"] == 3
     assert not math.isnan(options["budget"])
+
+
+@pytest.mark.parametrize(
+    "models, line, message",
+    [
+        ("{base: ./gone}", 1, r"models.base: model SPEC '.*/gone': no such file or directory"),
+        ("{base: org/base, candidate: [org/a, ../nowhere.gguf]}", 1, r"models.candidate: model SPEC '.*nowhere.gguf'"),
+    ],
+)
+def test_a_model_that_cannot_exist_is_a_collection_error(suite_dir, models, line, message):
+    p = write(suite_dir, f"models: {models}\nchecks:\n  - {{name: a, drift: {{max_relative_l2: 1}}}}\n")
+    with pytest.raises(SuiteError, match=message) as info:
+        load_suite(p)
+    assert str(info.value).startswith(f"{p}:{line}: ") and "relative to the suite file" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty"),
+        ('{"prompt": "x"}\nnot json\n', r"prompts.jsonl:2: not valid JSON"),
+        ('{"text": "x"}\n', "give exactly one of 'prompt'"),
+    ],
+)
+def test_a_bad_prompt_file_is_a_collection_error(suite_dir, content, message):
+    (suite_dir / "prompts.jsonl").write_text(content)
+    p = write(suite_dir, "checks:\n  - name: k\n    kl: {prompts: prompts.jsonl, budget: 1}\n")
+    with pytest.raises(SuiteError, match=message) as info:
+        load_suite(p)
+    assert str(info.value).startswith(f"{p}:3: check 'k': kl.prompts: ")
