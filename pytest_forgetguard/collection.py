@@ -8,16 +8,43 @@ refuses unregistered ones) and ``skip`` a skip mark with its reason.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .errors import CheckFailed, ForgetguardError, SuiteError
+from .errors import CheckFailed, ForgetguardError, SuiteError, headline
 from .records import candidate_id
 from .stash import SESSION_KEY
 from .suite import CheckSpec, Suite, load_suite
+
+
+@dataclasses.dataclass
+class _Crash:
+    """Where and what, as pytest's own crash location carries it (path, lineno, message)."""
+
+    path: str
+    lineno: int
+    message: str
+
+
+class CheckFailureRepr:
+    """A check's failure as pytest shows it: the whole message in the failure section, one
+    headline in the short test summary (also on CI, where pytest would repeat the whole message)
+    and as JUnit's ``message``. Anything that cannot use it (pytest-xdist's transport) gets the text."""
+
+    def __init__(self, text: str, path: os.PathLike[str], line: int | None) -> None:
+        self.text = text
+        self.reprcrash = _Crash(os.fspath(path), line or 1, headline(text))
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class SuiteFile(pytest.File):
@@ -95,7 +122,7 @@ class CheckItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         # A failed or invalid check is explained by its message, not by our stack.
         if isinstance(excinfo.value, (CheckFailed, ForgetguardError, ValueError)):
-            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+            return CheckFailureRepr(f"{type(excinfo.value).__name__}: {excinfo.value}", self.path, self.check.line)
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int, str]:

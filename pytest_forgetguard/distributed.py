@@ -347,19 +347,6 @@ class DataParallel:
 # -- sharded checks ------------------------------------------------------------------
 
 
-def token_digest(prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]] | None = None) -> str:
-    """sha256 of encoded prompts (and fixed responses): equal on ranks that read the same data.
-
-    >>> token_digest([[1, 2]]) == token_digest([[1, 2]]) != token_digest([[1, 3]])
-    True
-    """
-    import hashlib
-    import json
-
-    blob = json.dumps([[list(map(int, p)) for p in prompt_ids], responses and [list(map(int, r)) for r in responses]])
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def run_sharded(
     parallel: DataParallel,
     what: str,

@@ -66,3 +66,18 @@ class DriftExceeded(CheckFailed):
 
 class CapabilityForgotten(CheckFailed):
     """The candidate scores worse than the base beyond the allowed drop."""
+
+
+def headline(text: str) -> str:
+    """The one line that stands for a multi-line message (pytest's short test summary, JUnit's
+    ``message``): its first line, joined with the second when the first only introduces it.
+
+    >>> headline("KL budget exceeded for 'c':\\n  kl = 0.5 > budget 0.1\\n  95% CI 0.4..0.6")
+    "KL budget exceeded for 'c': kl = 0.5 > budget 0.1"
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]

@@ -109,6 +109,7 @@ class KLResult:
     decode: Callable[[int], str] | None = field(default=None, repr=False)
     seed: int = 0
     budget: float | None = None
+    series: str | None = None  # what makes this number comparable across runs (the run history's key)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -232,6 +233,7 @@ class KLResult:
                 # The per-token KL distribution (0th..100th percentile) for plots: a fixed 101 numbers
                 # whatever the token count, rounded to 6 significant digits to keep JSON short.
                 "kl_quantiles": [float(f"{q:.6g}") for q in self.quantiles(101)],
+                "series": self.series,
             },
         )
 

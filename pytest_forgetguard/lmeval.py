@@ -558,6 +558,46 @@ def finite_logits(handle: "ModelLike") -> Iterator[None]:
         hook.remove()
 
 
+def task_keys(
+    handle: "ModelHandle",
+    tasks: dict[str, Any],
+    num_fewshot: int | None,
+    limit: int | float | None,
+    seed: int,
+    apply_chat_template: bool,
+    backend: str,
+    settings: dict[str, Any] | None,
+) -> dict[str, str]:
+    """The cache key of ``handle``'s results on each task (:func:`base_cache_key` with every run setting)."""
+    full = {"num_fewshot": num_fewshot, "limit": limit, "apply_chat_template": apply_chat_template, "seed": seed,
+            **(settings or {})}  # fmt: skip
+    if effective_backend(handle, backend) != "hf":  # hf entries keep their keys
+        full["backend"] = effective_backend(handle, backend)
+    return {name: base_cache_key(name, task, handle.fingerprint, full) for name, task in tasks.items()}
+
+
+def series_key(
+    base: "ModelHandle",
+    names: Sequence[str],
+    include_path: Any,
+    num_fewshot: int | None,
+    limit: int | float | None,
+    seed: int,
+    apply_chat_template: bool,
+    backend: str,
+    settings: dict[str, Any] | None,
+    metric: str | None,
+    filter_: str | None,
+) -> str:
+    """A retention check's series in the run history: the base cache's keys of its tasks, its metric and filter.
+
+    Two checks with the same series measure the same thing on the same base: their drops are comparable.
+    """
+    _, tasks = load_tasks(names, include_paths(include_path))
+    keys = task_keys(base, tasks, num_fewshot, limit, seed, apply_chat_template, backend, settings)
+    return cache_key(kind="retention", tasks=sorted(keys.items()), metric=metric, filter=filter_)
+
+
 def evaluate(
     handle: "ModelHandle",
     names: Sequence[str],
@@ -585,17 +625,8 @@ def evaluate(
     keys = {}
     runs: dict[str, TaskRun] = {}
     if cache is not None:
-        full = {
-            "num_fewshot": num_fewshot,
-            "limit": limit,
-            "apply_chat_template": apply_chat_template,
-            "seed": seed,
-            **(settings or {}),
-        }
-        if effective_backend(handle, backend) != "hf":  # hf entries keep their keys
-            full["backend"] = effective_backend(handle, backend)
-        for name, task in tasks.items():
-            keys[name] = base_cache_key(name, task, handle.fingerprint, full)
+        keys = task_keys(handle, tasks, num_fewshot, limit, seed, apply_chat_template, backend, settings)
+        for name in tasks:
             hit = cache.load(CACHE_NAMESPACE, keys[name], validate=functools.partial(invalid_task_run, task=name))
             if hit is not None:
                 runs[name] = TaskRun.from_json(hit)

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import context
+from .errors import CheckFailed, ForgetguardError, headline
 from .session import ForgetguardSession
 from .settings import DEFAULT_SEED, SettingsError, device_problem, resolve
-from .stash import ORDER_KEY, PROGRESS_KEY, QUIET_KEY, SESSION_KEY
+from .stash import HISTORY_KEY, ORDER_KEY, PROGRESS_KEY, QUIET_KEY, SESSION_KEY
 
 if TYPE_CHECKING:
     from .comparison import Forgetguard
@@ -84,6 +85,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--fg-no-cache", action="store_true", dest="fg_no_cache", help="do not read or write the cache")
     group.addoption(
+        "--fg-history",
+        dest="fg_history",
+        metavar="PATH",
+        help="the run history (SQLite; default history.sqlite in the cache directory); env FORGETGUARD_HISTORY",
+    )
+    parser.addini("forgetguard_history", help="the run history (SQLite file)", default=None)
+    group.addoption("--fg-no-history", action="store_true", dest="fg_no_history", help="do not record this run")
+    group.addoption(
+        "--fg-no-forecast-skip",
+        action="store_true",
+        dest="fg_no_forecast_skip",
+        help="run every retention check, also those a forecast could decide; env FORGETGUARD_NO_FORECAST_SKIP",
+    )
+    parser.addini(
+        "forgetguard_no_forecast_skip", type="bool", default=False, help="run every retention check (no forecast skip)"
+    )
+    group.addoption(
         "--fg-trust-remote-code",
         action="store_true",
         dest="fg_trust_remote_code",
@@ -100,9 +118,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "report_json": config.getoption("fg_report_json"),
         "report_md": config.getoption("fg_report_md"),
         "no_cache": config.getoption("fg_no_cache"),
+        "history": config.getoption("fg_history"),
+        "no_history": config.getoption("fg_no_history"),
+        "no_forecast_skip": config.getoption("fg_no_forecast_skip"),
         "trust_remote_code": config.getoption("fg_trust_remote_code"),
     }
-    ini: dict[str, Any] = {"candidates": config.getini("forgetguard_candidate")}
+    ini: dict[str, Any] = {
+        "candidates": config.getini("forgetguard_candidate"),
+        "history": config.getini("forgetguard_history"),
+        "no_forecast_skip": config.getini("forgetguard_no_forecast_skip"),
+    }
     for _, dest, ini_key, _ in _VALUE_OPTIONS:
         cli[dest] = config.getoption(f"fg_{dest}")
         ini[dest] = config.getini(ini_key)
@@ -255,6 +280,10 @@ def pytest_runtest_makereport(
     """Attach the checks a test ran to its report: JUnit XML properties, and the records themselves
     (plain data, so pytest-xdist carries them to the controller, which writes the reports)."""
     report = yield
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if call.excinfo is not None and isinstance(call.excinfo.value, (CheckFailed, ForgetguardError)) and crash:
+        # A test's failed check: one headline in the short summary and JUnit, the whole message above.
+        crash.message = f"{call.excinfo.typename}: {headline(str(call.excinfo.value))}"
     session = item.config.stash[SESSION_KEY]
     order = item.config.stash.get(ORDER_KEY, {})
     new = session.take_new_records(order.get(item.nodeid, len(order)))
@@ -264,6 +293,8 @@ def pytest_runtest_makereport(
             rec.file = item.nodeid.split("::", 1)[0]  # the suite file or test module, as pytest names it
             props = [(f"forgetguard.{rec.name}.{k}", getattr(rec, k)) for k in _PROPERTY_KEYS]
             props.append((f"forgetguard.{rec.name}.verdict", rec.verdict))
+            if rec.details.get("decided_by"):
+                props.append((f"forgetguard.{rec.name}.decided_by", rec.details["decided_by"]))
             for prop in props:
                 if prop[1] is not None:
                     item.user_properties.append(prop)
@@ -296,6 +327,28 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(line, **colour)
     for path in session.write_reports():
         terminalreporter.write_line(f"forgetguard report written to {path}")
+    _write_history(config, terminalreporter)
+
+
+def _write_history(config: pytest.Config, terminalreporter: Any = None) -> None:
+    """Add the run's records to the run history (once, by the process that writes the reports)."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not session.settings.enabled or not _writes_reports(config) or HISTORY_KEY in config.stash:
+        return
+    config.stash[HISTORY_KEY] = True
+    from .errors import ForgetguardError
+
+    try:
+        where = session.write_history(config.rootpath)
+    except (ForgetguardError, OSError) as exc:  # the run's verdicts stand; say why it is not remembered
+        message = f"forgetguard: the run history was not written: {exc}"
+        if terminalreporter is not None:
+            terminalreporter.write_line(message, yellow=True)
+        else:
+            sys.stderr.write(message + "\n")
+        return
+    if where is not None and terminalreporter is not None and config.get_verbosity() >= 0:
+        terminalreporter.write_line(f"forgetguard run recorded in {where} (forgetguard history / calibrate)")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -311,6 +364,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # checks) make sure the requested files still exist.
     if session is not None and session.settings.enabled and not session.reported and _writes_reports(config):
         session.write_reports()
+    _write_history(config)
     if session is not None and session.parallel is not None:
         # Rank 0's summary and reports are out: flush them before the other ranks may exit.
         sys.stdout.flush()

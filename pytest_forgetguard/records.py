@@ -75,10 +75,22 @@ class CheckRecord:
         self.settle(self.passed, self.error)
 
     def settle(self, passed: bool, error: str | None = None) -> None:
-        """Set the outcome: a check that errored, or whose number is not finite, never passes."""
-        finite = self.value is not None and isinstance(self.value, (int, float)) and math.isfinite(self.value)
+        """Set the outcome: a check that errored, or whose number is not finite, never passes.
+
+        A retention check decided by a forecast has no measured value: its number is the forecast's
+        upper bound, which must be finite.
+        """
+        number = self.value
+        if self.decided_by_forecast:
+            number = (self.details.get("forecast") or {}).get("high")
+        finite = isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
         self.error = error
         self.passed = bool(passed) and error is None and finite
+
+    @property
+    def decided_by_forecast(self) -> bool:
+        """Whether a forecast decided this (retention) check, without running it."""
+        return self.details.get("decided_by") == "forecast"
 
     @property
     def gate_note(self) -> str | None:

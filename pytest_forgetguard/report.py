@@ -50,9 +50,36 @@ def rows(records: Sequence[CheckRecord]) -> list[tuple[str, ...]]:
                 ci,
                 "-" if r.n is None else str(r.n),
                 "-" if r.p_value is None else f"{r.p_value:.3g}",
-                r.verdict + ("*" if r.gate_note else ""),
+                r.verdict + ("*" if r.gate_note else "") + (" (forecast)" if r.decided_by_forecast else ""),
             )
         )
+    return out
+
+
+def forecast_lines(records: Sequence[CheckRecord]) -> list[str]:
+    """Each retention check's forecast beside what was measured (or that it decided), and why a forecast
+    is missing or did not decide."""
+    labels = dict(zip(candidates_of(records), column_labels(candidates_of(records))))
+    out = []
+    for r in records:
+        f, note = r.details.get("forecast"), r.details.get("forecast_note")
+        if r.kind != "retention" or (f is None and note is None):
+            continue
+        head = f"{r.name} [{labels[r.candidate]}]: "
+        if isinstance(f, dict):
+            head += (
+                f"forecast drop {f['drop']:+.4g} [{f['low']:+.4g}, {f['high']:+.4g}] ({f['coverage']:.0%}, n {f['n']}, "
+                f"R² {f['r2']:.2f}, from {f['from']} KL {f['kl']:.4g}"
+                + (", extrapolation" if f.get("extrapolation") else "")
+                + ")"
+            )
+            if r.decided_by_forecast:
+                head += f": within the allowed drop {_num(r.budget)}, decided by forecast (lm-eval not run)"
+            elif isinstance(r.details.get("drop"), (int, float)):
+                head += f"; measured {r.details['drop'] + 0.0:+.4g}"
+        else:
+            head += "no forecast"
+        out.append(head + (f" — {note}" if note else ""))
     return out
 
 
@@ -84,6 +111,9 @@ def terminal_lines(records: Sequence[CheckRecord]) -> list[tuple[str, str | None
         out += [(line, None) for line in lines[:2]]
         out += [(line, v) for line, v in zip(lines[2:], verdicts)]
     out += [(note, None) for note in gate_notes(records)]
+    forecasts = forecast_lines(records)
+    if forecasts:
+        out += [("", None), ("forecasts:", None)] + [(f"  {line}", None) for line in forecasts]
     notes = warnings_of(records)
     if notes:
         out += [("", None), ("warnings:", None)]
@@ -138,6 +168,8 @@ def side_by_side(
 
 def _cell(r: CheckRecord) -> str:
     """A side-by-side cell: the value the check compares with its budget, and the verdict."""
+    if r.decided_by_forecast:
+        return f"≤ {(r.details.get('forecast') or {}).get('high', float('nan')):+.3g} {r.verdict} (forecast)"
     if r.kind == "retention" and isinstance(r.details.get("drop"), (int, float)):
         value = f"{r.details['drop'] + 0.0:+.3g}"  # + 0.0: no "-0" for an unchanged score
     else:
@@ -205,6 +237,9 @@ def markdown_report(
     notes_gate = gate_notes(records)
     if notes_gate:
         lines += [""] + [f"\\{note}  " for note in notes_gate]
+    forecasts = forecast_lines(records)
+    if forecasts:
+        lines += ["", "**Forecasts**", ""] + [f"- {line}" for line in forecasts]
     notes = warnings_of(records)
     if notes:
         lines += ["", "**Warnings**", ""]

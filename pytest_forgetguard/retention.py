@@ -78,6 +78,11 @@ class RetentionResult:
     # How the allowance was derived (set by the gate), so a report can say "5% of base".
     max_drop: float | None = None
     max_drop_relative: float | None = None
+    # "measurement", or "forecast": the drop was forecast from KL, lm-eval did not run on the candidate.
+    decided_by: str = "measurement"
+    forecast: dict[str, Any] | None = None  # the forecast shown beside the drop (Forecast.to_json())
+    forecast_note: str | None = None  # why there is no forecast, or why it did not decide
+    series: str | None = None  # what makes the drop comparable across runs (the run history's key)
 
     @property
     def delta(self) -> float:
@@ -100,8 +105,16 @@ class RetentionResult:
 
     @property
     def passed(self) -> bool:
-        """The gate's verdict (False before :meth:`gate_on`; never True for a non-finite number)."""
-        return self.allowance is not None and gate_passes(self, self.allowance, self.gate)
+        """The gate's verdict (False before :meth:`gate_on`; never True for a non-finite number).
+
+        Decided by forecast: the whole forecast interval lies within the allowance.
+        """
+        if self.allowance is None:
+            return False
+        if self.decided_by == "forecast":
+            high = (self.forecast or {}).get("high")
+            return isinstance(high, (int, float)) and math.isfinite(high) and high <= self.allowance
+        return gate_passes(self, self.allowance, self.gate)
 
     def underpowered(self, name: str) -> str | None:
         """A warning when the drop's 95% CI is wider than the allowance, with about how many items would do."""
@@ -119,7 +132,21 @@ class RetentionResult:
         )
 
     def to_record(self, name: str, candidate: str) -> CheckRecord:
-        """The check's row in the reports: base and candidate scores, the delta and its CI, the allowed drop."""
+        """The check's row in the reports: base and candidate scores, the delta and its CI, the allowed drop.
+
+        Decided by forecast: the base's score, the allowance and the forecast; nothing measured.
+        """
+        forecast_details = {"decided_by": self.decided_by, "forecast": self.forecast, "series": self.series}
+        if self.forecast_note:
+            forecast_details["forecast_note"] = self.forecast_note
+        if self.decided_by == "forecast":
+            return CheckRecord(
+                name=name, kind="retention", candidate=candidate, metric=self.metric, base_value=self.base_value,
+                budget=self.allowance,
+                details={"tasks": list(self.tasks), "gate": self.gate, "max_drop": self.max_drop,
+                         "max_drop_relative": self.max_drop_relative, "higher_is_better": self.higher_is_better,
+                         "base_cached": self.base_cached, **forecast_details},
+            )  # fmt: skip
         lo, hi = self.drop_ci
         details: dict[str, Any] = {
             "tasks": list(self.tasks),
@@ -134,6 +161,7 @@ class RetentionResult:
             "lost": self.lost,
             "gained": self.gained,
             "per_task": [vars(t) for t in self.per_task],
+            **forecast_details,
         }
         if self.underpowered(name):
             details["underpowered"] = True

@@ -59,6 +59,7 @@ class Key:
     default_doc: str = ""  # what the reference table says instead of a literal default
     minimum: float | None = None
     exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
     count_or_fraction: bool = False  # a fraction in (0, 1] or a whole number (lm-eval's ``limit``)
     enum: tuple[str, ...] = ()
     pattern: str | None = None  # anchored (^...$): Python's re and ECMA-262 (JSON Schema) read it alike
@@ -200,6 +201,23 @@ RETENTION_KEYS: dict[str, Key] = {
         default="hf",
         enum=("hf", "vllm"),
     ),
+    "forecast_from": Key(
+        ("string",),
+        "name of a KL check of the same suite: forecast this check's drop from that KL, calibrated on the run history",
+        default_doc="no forecast",
+    ),
+    "forecast_coverage": Key(
+        ("number",),
+        "coverage of the forecast's prediction interval (jackknife+)",
+        default=0.9,
+        exclusive_minimum=0,
+        exclusive_maximum=1,
+    ),
+    "skip_if_forecast_within": Key(
+        ("boolean",),
+        "when the whole forecast interval lies within the allowance, decide by forecast without running lm-eval",
+        default=False,
+    ),
 }
 DRIFT_KEYS: dict[str, Key] = {
     "max_relative_l2": Key(
@@ -256,6 +274,8 @@ def _key_schema(key: Key) -> dict[str, Any]:
         bounds["minimum"] = key.minimum
     if key.exclusive_minimum is not None:
         bounds["exclusiveMinimum"] = key.exclusive_minimum
+    if key.exclusive_maximum is not None:
+        bounds["exclusiveMaximum"] = key.exclusive_maximum
     choices: list[dict[str, Any]] = []
     for kind in key.types:
         if kind == "string":
@@ -399,6 +419,8 @@ def _type_text(key: Key) -> str:
         text += f" ≥ {key.minimum:g}"
     if key.exclusive_minimum is not None:
         text += f" > {key.exclusive_minimum:g}"
+    if key.exclusive_maximum is not None:
+        text += f", < {key.exclusive_maximum:g}"
     if key.count_or_fraction:
         text += ", whole above 1"
     if key.pattern and key.hint:

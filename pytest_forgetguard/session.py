@@ -52,6 +52,7 @@ class ForgetguardSession:
         # One store per (device, dtype): a suite file may ask for other ones than the run's.
         self._stores: dict[tuple[str, str], ModelStore] = {}
         self._cache: ResultCache | None = None
+        self.forecasts = RunForecasts(self)
 
     @property
     def store(self) -> "ModelStore":
@@ -157,6 +158,7 @@ class ForgetguardSession:
             cache=self.cache,
             warn=self._warn,
             parallel=self.parallel,
+            forecasts=self.forecasts,
         )
 
     def record_error(self, name: str, kind: str, candidate: str, exc: BaseException) -> None:
@@ -238,6 +240,26 @@ class ForgetguardSession:
             except OSError as exc:
                 raise ModelLoadError(f"cannot remove the old report {path}: {exc.strerror or exc}") from None
 
+    def history_rows(self) -> list[Any]:
+        """Every row of the run history (empty when there is none yet, or it is off)."""
+        from .history import History
+
+        path = self.settings.history_path
+        if path is None or not path.exists():
+            return []
+        return History(path).rows()
+
+    def write_history(self, rootdir: Path) -> str | None:
+        """Add this run's records to the run history, in one transaction; returns where (None: nothing written)."""
+        from .history import History, Run, git_commit
+
+        path = self.settings.history_path
+        records = self.results
+        if path is None or not records:
+            return None
+        History(path).add_run(Run.now(git_commit=git_commit(rootdir)), records)
+        return str(path)
+
     def write_reports(self) -> list[str]:
         """Write the requested reports, and plots next to them; returns what was written."""
         written = []
@@ -258,6 +280,38 @@ class ForgetguardSession:
             write_atomic(self.settings.report_md, text)
             written.append(str(self.settings.report_md))
         return written + plots
+
+
+class RunForecasts:
+    """What a retention check's forecast needs from the run: its KL checks so far, and the run history.
+
+    The history is read once, at the first forecast, and never written during the run (a run's
+    records are added at its end, in one transaction).
+    """
+
+    def __init__(self, session: ForgetguardSession) -> None:
+        self.session = session
+        self._rows: list[Any] | None = None
+
+    @property
+    def skip_allowed(self) -> bool:
+        return not self.session.settings.no_forecast_skip
+
+    def kl_record(self, check: str, candidate: str) -> CheckRecord | None:
+        for rec in reversed(self.session.records):
+            if rec.kind == "kl" and rec.name == check and rec.candidate == candidate:
+                return rec
+        return None
+
+    def points(
+        self, kl_series: str, retention_series: str, base_fingerprint: str | None, exclude_candidate: str | None
+    ) -> list[tuple[float, float]]:
+        from .calibration import PairKey, points
+
+        if self._rows is None:
+            self._rows = self.session.history_rows()
+        key = PairKey(kl_series, retention_series, base_fingerprint)
+        return [(p.kl, p.drop) for p in points(self._rows, key, exclude_candidate)]
 
 
 def run_check(fg: "Forgetguard", check: "CheckSpec") -> Any:

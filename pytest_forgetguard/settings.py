@@ -56,6 +56,24 @@ class Settings:
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: caching off
     seed: int | None = None
     trust_remote_code: bool = False
+    # The run history (SQLite), when given explicitly; read it through history_path.
+    history: Path | None = None
+    no_history: bool = False
+    # Run every retention check, also those a forecast could decide (nightly, release).
+    no_forecast_skip: bool = False
+
+    @property
+    def history_path(self) -> Path | None:
+        """The run history: the given path, else ``history.sqlite`` in the cache directory; None when off.
+
+        >>> Settings(cache_dir=Path("/c")).history_path, Settings(cache_dir=None).history_path
+        (PosixPath('/c/history.sqlite'), None)
+        """
+        if self.no_history:
+            return None
+        if self.history is not None:
+            return self.history
+        return None if self.cache_dir is None else self.cache_dir / "history.sqlite"
 
     def resolved_device(self, suite_device: str | None = None) -> str:
         """The device to load on: the option, else the suite file's, else ``auto``.
@@ -217,6 +235,17 @@ def resolve(
         if cache_dir.exists() and not cache_dir.is_dir():
             raise SettingsError("--fg-cache-dir", f"{cache_dir} exists and is not a directory")
 
+    raw_history = _first(cli.get("history"), env.get("FORGETGUARD_HISTORY"), ini_path(ini.get("history")))
+    history = Path(str(raw_history)).expanduser() if raw_history else None
+    if history is not None and history.is_dir():
+        raise SettingsError("--fg-history", f"{history} is a directory; give a file path")
+    no_skip_env = env.get("FORGETGUARD_NO_FORECAST_SKIP", "").strip().lower()
+    if no_skip_env not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise SettingsError("FORGETGUARD_NO_FORECAST_SKIP", f"expected 1/0 or true/false, got {no_skip_env!r}")
+    no_forecast_skip = (
+        bool(cli.get("no_forecast_skip")) or no_skip_env in ("1", "true", "yes") or bool(ini.get("no_forecast_skip"))
+    )
+
     def report(key: str, flag: str) -> Path | None:
         raw = cli.get(key)
         if not raw:
@@ -237,4 +266,7 @@ def resolve(
         cache_dir=cache_dir,
         seed=seed,
         trust_remote_code=bool(cli.get("trust_remote_code")),
+        history=history,
+        no_history=bool(cli.get("no_history")),
+        no_forecast_skip=no_forecast_skip,
     )

@@ -165,6 +165,8 @@ def _number(where: _Where, keys: tuple[Any, ...], label: str, value: float, key:
         raise where.error(keys, f"{label}: must be >= {key.minimum:g}, got {value!r}")
     if key.exclusive_minimum is not None and value <= key.exclusive_minimum:
         raise where.error(keys, f"{label}: must be > {key.exclusive_minimum:g}, got {value!r}")
+    if key.exclusive_maximum is not None and value >= key.exclusive_maximum:
+        raise where.error(keys, f"{label}: must be < {key.exclusive_maximum:g}, got {value!r}")
     if key.count_or_fraction and value > 1 and not float(value).is_integer():
         raise where.error(keys, f"{label}: a whole number of items or a fraction in (0, 1], got {value!r}")
     return value
@@ -257,6 +259,26 @@ def _check_models(where: _Where, entries: list[tuple[tuple[Any, ...], str]]) -> 
         except ForgetguardError as exc:
             label = ".".join(str(k) for k in keys if not isinstance(k, int))
             raise where.error(keys, f"{label}: {exc} (paths are relative to the suite file)") from None
+
+
+def _check_forecast(
+    where: _Where, keys: tuple[Any, ...], label: str, options: dict[str, Any], earlier: list[CheckSpec]
+) -> None:
+    """``forecast_from`` names a KL check above this one (it must have run when this one forecasts)."""
+    source = options.get("forecast_from")
+    if source is None:
+        if options.get("skip_if_forecast_within"):
+            raise where.error(keys + ("skip_if_forecast_within",), f"{label}: retention.skip_if_forecast_within "
+                              "needs forecast_from (the KL check to forecast from)")  # fmt: skip
+        return
+    kls = [c.name for c in earlier if c.kind == "kl"]
+    if source not in kls:
+        close = difflib.get_close_matches(source, kls, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; KL checks above it: {', '.join(kls) or 'none'}"
+        raise where.error(
+            keys + ("forecast_from",),
+            f"{label}: retention.forecast_from: {source!r} is not a KL check above this one in the suite{hint}",
+        )
 
 
 def _check_prompts(where: _Where, keys: tuple[Any, ...], label: str, path: str) -> None:
@@ -362,6 +384,8 @@ def parse_suite(data: Any, path: Path, lines: Lines | None = None, display: str 
         if "skip" in item:
             raw_skip = _value(where, keys + ("skip",), f"{label}: skip", item["skip"], CHECK_KEYS["skip"], directory)
             skip = (DEFAULT_SKIP_REASON if raw_skip else None) if isinstance(raw_skip, bool) else raw_skip
+        if kind == "retention":
+            _check_forecast(where, keys + (kind,), label, options, checks)
         checks.append(CheckSpec(name, kind, options, marks=marks, skip=skip, line=line, index=i))
     _check_models(where, model_specs)
     return Suite(

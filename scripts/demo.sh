@@ -3,9 +3,11 @@
 # GGUF file (cached), builds two candidates from it (scripts/make_candidates.py: a lightly perturbed
 # copy and a damaged copy), takes the two LoRA adapters of the RL's Razor experiment (committed in
 # experiments/rl_razor/adapters/: one fine-tuned on arithmetic by SFT, one by on-policy RL, at equal
-# new-task accuracy), then runs the example suites (new-task KL, weight drift, retention on the
-# shipped probes) on all four and prints each verdict with its reasons. Exits 0 when the gate
-# behaves as expected: the near-identical candidate passes every check and the damaged one fails.
+# new-task accuracy), records the experiment's ten measured candidates in a run history, then runs
+# the example suites (new-task KL, retention forecast from it, weight drift, the accuracy probes) on
+# all four, prints each verdict with its reasons and forgetguard calibrate's table. Exits 0 when the
+# gate behaves as expected: the near-identical candidate passes every check and the damaged one fails.
+# Extra arguments go to pytest (e.g. --fg-no-forecast-skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -21,14 +23,23 @@ cache = pathlib.Path(os.environ.get('FORGETGUARD_CACHE_DIR') or default_cache_di
 print(materialize_gguf(pathlib.Path(sys.argv[1]), cache))" "$GGUF" 2>/dev/null | tail -1)
 echo "demo: base SmolLM2-135M-Instruct: $GGUF (safetensors copy: $BASE_DIR)"
 $PY scripts/make_candidates.py --base "$BASE_DIR" --out "$OUT/candidates"
+# The run history starts from the RL's Razor experiment's ten measured candidates (KL and retention,
+# measured with forgetguard): the forecasts are calibrated on them. The demo run adds its own records;
+# the history is rebuilt each time so that every demo run starts from the same evidence (in CI it persists).
+HISTORY="$OUT/history.sqlite"
+rm -f "$HISTORY" "$HISTORY-wal" "$HISTORY-shm"
+$PY experiments/rl_razor/to_history.py --base "$GGUF" --history "$HISTORY" 2>/dev/null
 set +e
-(cd example_suites && ../$PY -m pytest -c pytest.ini --forgetguard --fg-base "$GGUF" \
-    --fg-candidate "../$OUT/candidates/nudged" \
-    --fg-candidate "../$OUT/candidates/drifted" \
-    --fg-candidate ../experiments/rl_razor/adapters/sft \
-    --fg-candidate ../experiments/rl_razor/adapters/rl \
-    --fg-report-json "../$OUT/report.json" --fg-report-md "../$OUT/report.md")
+(cd example_suites && ../$PY -m pytest -c pytest.ini --forgetguard --fg-base="$GGUF" \
+    --fg-candidate="../$OUT/candidates/nudged" \
+    --fg-candidate="../$OUT/candidates/drifted" \
+    --fg-candidate=../experiments/rl_razor/adapters/sft \
+    --fg-candidate=../experiments/rl_razor/adapters/rl \
+    --fg-history="../$HISTORY" --fg-report-json="../$OUT/report.json" --fg-report-md="../$OUT/report.md" "$@")
 set -e
+echo
+echo "demo: forgetguard calibrate --history $HISTORY"
+.venv/bin/forgetguard calibrate --history "$HISTORY"
 $PY - "$OUT/report.json" <<'PYEOF'
 import json, pathlib, sys
 report = pathlib.Path(sys.argv[1])
@@ -50,6 +61,8 @@ for c in checks:
         continue
     if c.get("error"):
         why = f"error: {c['error'].splitlines()[0]}"
+    elif c["details"].get("decided_by") == "forecast":
+        continue  # a pass by forecast: listed below
     elif c["kind"] == "retention":  # the drop (positive = worse) and its 95% CI against the allowance
         d = c["details"]
         lo, hi = d["drop_ci"]
@@ -58,11 +71,21 @@ for c in checks:
     else:
         why = f"{c['metric']} {num(c['value'])} > {num(c['budget'])}"
     reasons.setdefault(name, []).append(f"{c['name']}: {why}")
+for c in checks:
+    f = c["details"].get("forecast")
+    if c["details"].get("decided_by") == "forecast" and f:
+        name = c["candidate"].rstrip("/").rsplit("/", 1)[-1]
+        reasons.setdefault(name, []).append(
+            f"{c['name']}: PASS by forecast, drop {num(f['drop'], '+.3g')} [{num(f['low'], '+.3g')}, "
+            f"{num(f['high'], '+.3g')}] within {num(c['budget'], '.3g')} at KL {num(f['kl'], '.3g')} (lm-eval not run)"
+        )
 print("\ndemo verdicts:")
 for name, ok in verdict.items():
     print(f"  {name:10s} {'PASS' if ok else 'FAIL'}")
     for why in reasons.get(name, []):
         print(f"      {why}")
+decided = sum(c["details"].get("decided_by") == "forecast" for c in checks)
+print(f"demo: {decided} retention check(s) decided by forecast, without running lm-eval on the candidate")
 expected = verdict.get("nudged") is True and verdict.get("drifted") is False
 print("demo: the gate passed the near-identical candidate and failed the damaged one" if expected
       else "demo: UNEXPECTED verdicts")

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ from builders import build_lora, build_tiny_model, build_tokenizer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The test runs' own run history: never the user's (tests that look at a history pass --fg-history).
+os.environ.setdefault(
+    "FORGETGUARD_HISTORY", os.path.join(tempfile.mkdtemp(prefix="forgetguard-test-history-"), "history.sqlite")
+)
 # pytester moves HOME; pin the cache so converted models are reused by nested runs.
 os.environ.setdefault(
     "FORGETGUARD_CACHE_DIR",

@@ -30,12 +30,33 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import context
 from ..errors import ForgetguardError, TokenizerMismatchError
 from ..records import CheckRecord
 from ..settings import DEFAULT_SEED
+
+
+class ForecastSource(Protocol):
+    """Where a retention check finds what a forecast needs: this run's KL checks and the run history.
+
+    The session provides one (:class:`~pytest_forgetguard.session.RunForecasts`); without it, retention
+    checks that ask for a forecast say there is none and run as usual.
+    """
+
+    @property
+    def skip_allowed(self) -> bool:
+        """False under ``--fg-no-forecast-skip``: every retention check runs."""
+
+    def kl_record(self, check: str, candidate: str) -> CheckRecord | None:
+        """The latest record of KL check ``check`` for ``candidate`` in this run (this process), if any."""
+
+    def points(
+        self, kl_series: str, retention_series: str, base_fingerprint: str | None, exclude_candidate: str | None
+    ) -> list[tuple[float, float]]:
+        """Past (KL, drop) points of this pair of series on this base, the candidate's own left out."""
+
 
 if TYPE_CHECKING:
     from ..cache import ResultCache
@@ -113,6 +134,7 @@ class PairChecks:
         cache: "ResultCache | None" = None,
         warn: Callable[[str], None] | None = None,
         parallel: "DataParallel | None" = None,
+        forecasts: ForecastSource | None = None,
     ) -> None:
         self.base = base
         self.candidate = candidate
@@ -122,6 +144,7 @@ class PairChecks:
         self.cache = cache
         self._warn = warn or context.warn
         self.parallel = parallel
+        self.forecasts = forecasts
         self._compatible: dict[bool, int] = {}
 
     def __repr__(self) -> str:

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..cache import cache_key
 from ..errors import KLBudgetExceeded, PromptFileError
 from ..kl import METRICS, KLResult, PromptKL, TokenSequence, teacher_forced_kl
-from ..prompts import PromptRecord, PromptsLike, as_records, encode_prompt, encode_response
+from ..prompts import PromptRecord, PromptsLike, as_records, encode_prompt, encode_response, token_digest
 from ..schema import KL_KEYS
 from .base import PairChecks, check_number
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 DIRECTIONS: tuple[str, ...] = KL_KEYS["direction"].enum
 SAMPLE_FROM: tuple[str, ...] = KL_KEYS["sample_from"].enum
@@ -139,6 +143,9 @@ class KLChecks(PairChecks):
         fixed = [encode_response(tok, r) for r in records] if sample_from == "dataset" else None
         lengths = [len(f) for f in fixed] if fixed is not None else [max_new_tokens] * len(records)
         self._context_window_check(records, prompt_ids, lengths, sampled=fixed is None)
+        series = kl_series(
+            self.base, prompt_ids, fixed, direction, sample_from, max_new_tokens, temperature, self.seed, vocab
+        )
 
         def score(positions: list[int]) -> KLResult:
             if fixed is not None:
@@ -179,8 +186,10 @@ class KLChecks(PairChecks):
             )
 
         if self.parallel is None:
-            return score(list(range(len(records))))
-        from ..distributed import run_sharded, token_digest
+            result = score(list(range(len(records))))
+            result.series = series
+            return result
+        from ..distributed import run_sharded
 
         what = (
             f"kl({_describe(prompts)}, direction={direction}, sample_from={sample_from}, "
@@ -196,7 +205,9 @@ class KLChecks(PairChecks):
             lambda positions: score(positions).prompts,
             models={"base": self.base, "candidate": self.candidate},
         )
-        return KLResult(direction, sample_from, per_prompt, decode=lambda i: tok.decode([i]), seed=self.seed)
+        result = KLResult(direction, sample_from, per_prompt, decode=lambda i: tok.decode([i]), seed=self.seed)
+        result.series = series
+        return result
 
     def _context_window_check(
         self, records: Sequence[PromptRecord], prompt_ids: list[list[int]], responses: list[int], sampled: bool
@@ -218,6 +229,39 @@ class KLChecks(PairChecks):
                         f"the context window of {handle.role} {handle.label!r} ({window} tokens): shorten the "
                         "prompt" + (" or lower max_new_tokens" if sampled else " or its response")
                     )
+
+
+def kl_series(
+    base: "ModelLike",
+    prompt_ids: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]] | None,
+    direction: str,
+    sample_from: str,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    vocab: int | None,
+) -> str:
+    """A KL check's series in the run history: everything that changes its number, hashed.
+
+    The exact prompt (and fixed response) token ids, the direction, who writes the responses and how
+    (tokens, temperature and seed when sampled), the vocabulary compared, the base's content, its
+    dtype and device class. Not the batch size, nor the prompt file's name: they change no number.
+    """
+    sampled = responses is None
+    return cache_key(
+        kind="kl",
+        tokens=token_digest(prompt_ids, responses),
+        direction=direction,
+        sample_from=sample_from,
+        max_new_tokens=max_new_tokens if sampled else None,
+        temperature=repr(float(temperature)) if sampled else None,
+        seed=seed if sampled else None,
+        vocab=vocab,
+        base=base.fingerprint,
+        dtype=base.dtype,
+        device=base.device_class,
+    )
 
 
 def _describe(prompts: PromptsLike) -> str:

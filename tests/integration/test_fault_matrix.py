@@ -123,18 +123,30 @@ def subprocess_run(project, base, cand, *args, timeout=600):
 @pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_a_run_killed_with_sigkill_leaves_no_stale_report_and_no_broken_cache(project, tiny):
     # A finished run of another candidate leaves a PASS report behind ...
-    first = subprocess_run(project, tiny["base"], tiny["twin"], "--fg-report-json", "r.json")
+    from pytest_forgetguard.history import History
+
+    history = History(project.path / "history.sqlite")
+    first = subprocess_run(
+        project, tiny["base"], tiny["twin"], "--fg-report-json", "r.json", f"--fg-history={history.path}"
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert all(r["passed"] for r in checks(project.path / "r.json").values())
     # ... which a killed run of the next candidate must not leave in place.
     project.path.joinpath("conftest.py").write_text(KILLER)
-    killed = subprocess_run(project, tiny["base"], tiny["candidate"], "--fg-report-json", "r.json")
+    killed = subprocess_run(
+        project, tiny["base"], tiny["candidate"], "--fg-report-json", "r.json", f"--fg-history={history.path}"
+    )
     assert killed.returncode == -signal.SIGKILL
     assert not (project.path / "r.json").exists()
+    assert len(history.runs()) == 1  # the killed run added nothing to the history: a run is one transaction
     # The cache the killed run was writing serves the next run as if nothing happened.
     project.path.joinpath("conftest.py").unlink()
-    again = subprocess_run(project, tiny["base"], tiny["candidate"], "--fg-report-json", "r.json", "-W", "error")
+    again = subprocess_run(
+        project, tiny["base"], tiny["candidate"], "--fg-report-json", "r.json", "-W", "error",
+        f"--fg-history={history.path}",
+    )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
+    assert len(history.runs()) == 2 and len(history.rows()) == 6
     fresh = subprocess_run(
         project, tiny["base"], tiny["candidate"], "--fg-report-json", "fresh.json", "--fg-cache-dir", "cache2"
     )
@@ -145,14 +157,19 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_report_and_no_broken_cache(pr
 
 @pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_concurrent_runs_share_one_cache(project, tiny):
-    cmd = [sys.executable, "-m", "pytest", "--forgetguard", "--fg-base", str(tiny["base"]), "--fg-candidate",
-           str(tiny["candidate"]), "--fg-cache-dir", "cache", "-p", "no:cacheprovider", "-q"]  # fmt: skip
+    cmd = [sys.executable, "-m", "pytest", "--forgetguard", f"--fg-base={tiny['base']}",
+           f"--fg-candidate={tiny['candidate']}", "--fg-cache-dir=cache", "--fg-history=cache/history.sqlite",
+           "-p", "no:cacheprovider", "-q"]  # fmt: skip
     procs = [
         subprocess.Popen([*cmd, "--fg-report-json", f"r{i}.json"], cwd=project.path, stdout=subprocess.PIPE, text=True)
         for i in range(3)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
+    from pytest_forgetguard.history import History
+
+    shared = History(project.path / "cache" / "history.sqlite")
+    assert len(shared.runs()) == 3 and len(shared.rows()) == 9  # three runs, one history, nothing lost
     reports = [checks(project.path / f"r{i}.json") for i in range(3)]
     assert reports[0] == reports[1] == reports[2]
     for entry in (project.path / "cache").rglob("*.json"):

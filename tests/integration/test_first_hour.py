@@ -50,8 +50,33 @@ def test_a_failure_names_its_check_and_candidate_and_says_its_headline_once(proj
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*_ forgetguard kl check task-kl on candidate _*"])
     out = result.stdout.str()
-    assert out.count("kl_forward_mean = ") == 1, "the value and CI are said once"
+    failure, summary = out.split("short test summary info")
+    assert failure.count("kl_forward_mean = ") == 1, "the value and CI are said once"
     assert "KL budget exceeded for candidate 'candidate' vs base 'base'" in out  # short labels
+    # The short summary is one line, also on CI where pytest would otherwise repeat the whole message.
+    line = [s for s in summary.splitlines() if s.startswith("FAILED")]
+    assert len(line) == 1 and "95% CI" not in summary, summary
+
+
+def test_on_ci_the_short_summary_is_the_headline_for_suites_and_tests(project, tiny, monkeypatch):
+    monkeypatch.setenv("CI", "true")  # pytest prints whole messages in the summary on CI
+    project.makepyfile(
+        test_gate="""
+        def test_gate(forgetguard):
+            forgetguard.assert_kl_budget("prompts.jsonl", 0.001, sample_from="dataset")
+        """
+    )
+    result = project.runpytest(*args(tiny), "-k", "task-kl or test_gate", "--junitxml=j.xml")
+    result.assert_outcomes(failed=2)
+    summary = result.stdout.str().split("short test summary info")[1]
+    failed = [s for s in summary.splitlines() if s.startswith("FAILED")]
+    assert len(failed) == 2 and "95% CI" not in summary, summary
+    for s in failed:
+        assert re.search(
+            r"KLBudgetExceeded: KL budget exceeded .*: kl_forward_mean = [0-9.]+ nats/token > budget", s
+        ), s
+    junit = (project.path / "j.xml").read_text()
+    assert junit.count('message="KLBudgetExceeded: KL budget exceeded') == 2, junit
 
 
 def test_retention_rows_compare_the_drop_with_the_allowed_drop(project, tiny):

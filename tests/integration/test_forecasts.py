@@ -1,0 +1,155 @@
+"""Forecasts in real runs: a history built by measuring ten tiny candidates, then every branch of the
+decision to skip a retention check (through pytester), and the history's own guarantees under xdist and
+kill -9."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from builders import build_tiny_model
+from helpers import forgetguard_args, prompts_jsonl
+from lmeval_tasks import write_tasks
+
+from pytest_forgetguard.history import History
+
+pytestmark = pytest.mark.slow  # each test runs lm-eval through pytest
+
+SUITE = """
+checks:
+  - name: task-kl
+    kl: {{prompts: prompts.jsonl, sample_from: dataset, budget: {kl_budget}}}
+  - name: keeps-bpb
+    retention:
+      task: tiny_bpb
+      include_path: tasks
+      metric: bits_per_byte
+      max_drop: {max_drop}
+      forecast_from: task-kl
+      skip_if_forecast_within: true
+"""
+NOISE = [0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.09, 0.12]
+
+
+def write_project(path, kl_budget=100, max_drop=10):
+    path.joinpath("pytest.ini").write_text("[pytest]\n")
+    tasks = write_tasks(path / "tasks")
+    ppl = (tasks / "ppl.yaml").read_text()
+    (tasks / "bpb.yaml").write_text(
+        ppl.replace("tiny_ppl", "tiny_bpb").replace("word_perplexity", "bits_per_byte").replace(
+            "aggregation: weighted_perplexity", "aggregation: bits_per_byte")
+    )  # fmt: skip
+    path.joinpath("prompts.jsonl").write_text(prompts_jsonl())
+    path.joinpath("forgetguard.yaml").write_text(SUITE.format(kl_budget=kl_budget, max_drop=max_drop))
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny, tmp_path_factory):
+    """Ten noisy copies of the tiny base measured once (KL and bits per byte): a history of ten points."""
+    root = tmp_path_factory.mktemp("forecast")
+    models = {f"c{i}": build_tiny_model(tiny["tokenizer"], root / f"c{i}", seed=100 + i, noise=n, base=tiny["base"])
+              for i, n in enumerate(NOISE)}  # fmt: skip
+    models["new"] = build_tiny_model(tiny["tokenizer"], root / "new", seed=200, noise=0.025, base=tiny["base"])
+    models["tiny"] = build_tiny_model(tiny["tokenizer"], root / "tiny", seed=201, noise=0.0003, base=tiny["base"])
+    project = root / "project"
+    project.mkdir()
+    write_project(project)
+    history = root / "history.sqlite"
+    cmd = [sys.executable, "-m", "pytest", *forgetguard_args(tiny["base"], *(models[f"c{i}"] for i in range(10))),
+           f"--fg-history={history}", f"--fg-cache-dir={root / 'cache'}", "-p", "no:cacheprovider", "-q"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return {"models": models, "history": history, "cache": root / "cache", "base": tiny["base"]}
+
+
+def run(pytester, calibrated, candidate, *args, kl_budget=100, max_drop=10, history=None):
+    write_project(pytester.path, kl_budget=kl_budget, max_drop=max_drop)
+    copy = pytester.path / "history.sqlite"
+    shutil.copy(history or calibrated["history"], copy)
+    result = pytester.runpytest(
+        *forgetguard_args(calibrated["base"], calibrated["models"][candidate], cache=calibrated["cache"]),
+        f"--fg-history={copy}", "--fg-report-json=r.json", "--junitxml=junit.xml", "-p", "no:cacheprovider", *args,
+    )  # fmt: skip
+    rows = {r["name"]: r for r in json.loads((pytester.path / "r.json").read_text())["checks"]}
+    return result, rows.get("keeps-bpb"), copy
+
+
+def test_within_the_allowance_the_forecast_decides_and_says_so_everywhere(pytester, calibrated):
+    result, row, history = run(pytester, calibrated, "new", "-v", "--fg-report-md=r.md")
+    result.assert_outcomes(passed=2)
+    d = row["details"]
+    assert d["decided_by"] == "forecast" and row["passed"] is True and row["value"] is None
+    f = d["forecast"]
+    assert set(f) == {"drop", "low", "high", "n", "r2", "from", "kl", "coverage", "extrapolation"}
+    assert f["n"] == 10 and f["from"] == "task-kl" and f["coverage"] == 0.9 and f["extrapolation"] is False
+    assert f["low"] <= f["drop"] <= f["high"] <= row["budget"] == 10
+    out = result.stdout.str()
+    assert "lm-eval tiny_bpb on candidate" not in out  # the candidate's lm-eval never ran
+    result.stdout.fnmatch_lines(
+        ["*keeps-bpb*PASS (forecast)*", "*keeps-bpb ?new?: forecast drop * decided by forecast (lm-eval not run)*"]
+    )
+    assert "PASS (forecast)" in (pytester.path / "r.md").read_text()
+    assert 'name="forgetguard.keeps-bpb.decided_by" value="forecast"' in (pytester.path / "junit.xml").read_text()
+    # The run is in the history; the forecast-decided check adds no calibration point.
+    rows = History(history).rows(name="keeps-bpb")
+    assert rows[-1].decided_by == "forecast" and rows[-1].drop is None
+
+
+def test_an_interval_that_straddles_the_allowance_runs_lm_eval(pytester, calibrated):
+    _, first, _ = run(pytester, calibrated, "new")
+    middle = first["details"]["forecast"]["drop"]  # inside the interval: the interval straddles it
+    result, row, _ = run(pytester, calibrated, "new", max_drop=max(middle, 0.0))
+    d = row["details"]
+    assert d["decided_by"] == "measurement" and isinstance(d["drop"], float)
+    assert "over the allowance" in d["forecast_note"] and d["forecast"]["high"] > row["budget"]
+    result.stdout.fnmatch_lines(["*keeps-bpb ?new?: forecast drop *; measured * — the forecast interval reaches*"])
+
+
+def test_an_extrapolation_is_shown_and_never_decides(pytester, calibrated):
+    _, row, _ = run(pytester, calibrated, "tiny")  # a KL below every KL in the history
+    d = row["details"]
+    assert d["decided_by"] == "measurement" and d["forecast"]["extrapolation"] is True
+    assert "outside the range seen" in d["forecast_note"]
+
+
+def test_a_failed_kl_check_never_lets_a_forecast_decide(pytester, calibrated):
+    result, row, _ = run(pytester, calibrated, "new", kl_budget=1e-9)
+    result.assert_outcomes(failed=1, passed=1)
+    assert row["details"]["decided_by"] == "measurement" and "failed" in row["details"]["forecast_note"]
+
+
+def test_too_little_history_says_how_many_more_runs(pytester, calibrated, tmp_path):
+    # The same measured run, with three of its ten candidates only.
+    export = io.StringIO()
+    History(calibrated["history"]).export_jsonl(export)
+    [line] = [json.loads(x) for x in export.getvalue().splitlines()]
+    line["checks"] = [c for c in line["checks"] if c["record"]["candidate"].endswith(("/c1", "/c4", "/c8"))]
+    short = tmp_path / "short.sqlite"
+    assert History(short).import_jsonl([json.dumps(line)]) == (1, 0)
+    _, row, _ = run(pytester, calibrated, "new", history=short)
+    assert row["details"]["decided_by"] == "measurement" and row["details"]["forecast"] is None
+    assert "6 more measured run(s) needed for a 90% forecast (have 3)" in row["details"]["forecast_note"]
+
+
+def test_no_forecast_skip_runs_everything(pytester, calibrated):
+    _, row, _ = run(pytester, calibrated, "new", "--fg-no-forecast-skip")
+    assert row["details"]["decided_by"] == "measurement" and row["details"]["forecast"] is not None
+    assert "--fg-no-forecast-skip" in row["details"]["forecast_note"]
+
+
+def test_without_its_kl_check_a_retention_check_runs(pytester, calibrated):
+    _, row, _ = run(pytester, calibrated, "new", "-k", "keeps-bpb")
+    assert row["details"]["decided_by"] == "measurement" and "has not run" in row["details"]["forecast_note"]
+
+
+def test_under_xdist_the_controller_records_the_whole_run(pytester, calibrated):
+    result, _, history = run(pytester, calibrated, "new", "-n", "2", "--fg-no-forecast-skip")
+    result.assert_outcomes(passed=2)
+    before = {r.run_id for r in History(calibrated["history"]).runs()}
+    new_runs = [r for r in History(history).runs() if r.run_id not in before]
+    assert len(new_runs) == 1
+    assert sorted(r.name for r in History(history).rows() if r.run_id == new_runs[0].run_id) == ["keeps-bpb", "task-kl"]

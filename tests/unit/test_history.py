@@ -1,0 +1,155 @@
+"""The run history in SQLite, and calibrations built from it: a real file, real processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from pytest_forgetguard.calibration import PairKey, points, summarize
+from pytest_forgetguard.cli import main as cli
+from pytest_forgetguard.history import History, HistoryError, Run
+from pytest_forgetguard.records import CheckRecord
+
+BASE = {"spec": "models/base", "fingerprint": "b" * 16}
+
+
+def kl(candidate, value, series="kl-s", error=None, passed=True):
+    return CheckRecord(name="task-kl", kind="kl", candidate=candidate, metric="kl_forward_mean", value=value,
+                       budget=1.0, passed=passed, error=error, details={"series": series}, base_info=BASE,
+                       candidate_info={"spec": candidate, "fingerprint": f"fp-{candidate}"})  # fmt: skip
+
+
+def ret(candidate, drop, series="ret-s", decided_by="measurement", forecast=None):
+    details = {"series": series, "drop": drop, "decided_by": decided_by, "forecast": forecast}
+    return CheckRecord(name="code", kind="retention", candidate=candidate, metric="bits_per_byte",
+                       value=0.73 + (drop or 0), budget=0.0219, passed=True, details=details, base_info=BASE,
+                       candidate_info={"spec": candidate, "fingerprint": f"fp-{candidate}"})  # fmt: skip
+
+
+def test_a_run_round_trips_and_a_non_finite_value_is_no_point(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    run = Run.now(git_commit="abc")
+    assert h.add_run(run, [kl("a", 0.1), ret("a", 0.002), kl("b", float("nan"))])
+    assert not h.add_run(run, [kl("a", 0.1)])  # the same run again adds nothing
+    rows = h.rows()
+    assert [(r.name, r.candidate, r.value, r.drop) for r in rows] == [
+        ("task-kl", "a", 0.1, None), ("code", "a", pytest.approx(0.732), 0.002), ("task-kl", "b", None, None)
+    ]  # fmt: skip
+    assert rows[0].series == "kl-s" and rows[0].base_fingerprint == "b" * 16 and rows[0].candidate_fingerprint == "fp-a"
+    assert h.runs()[0].git_commit == "abc" and len(h.runs()) == 1
+
+
+def test_calibration_points_pair_one_candidate_in_one_run_and_never_mix_series(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    h.add_run(Run.now(), [kl("a", 0.1), ret("a", 0.002), kl("b", 0.5), ret("b", 0.011)])
+    h.add_run(Run.now(), [kl("a", 0.2), ret("a", 0.004)])  # a rerun of a: its latest run counts, once
+    h.add_run(Run.now(), [kl("c", 0.9, series="other-prompts"), ret("c", 0.02)])  # another KL series
+    h.add_run(Run.now(), [kl("d", 0.3), ret("d", None, decided_by="forecast")])  # nothing measured: no point
+    h.add_run(Run.now(), [kl("e", 0.3, error="NonFiniteError: boom"), ret("e", 0.01)])  # errored KL: no point
+    rows = h.rows()
+    key = PairKey("kl-s", "ret-s", "b" * 16)
+    assert sorted((p.candidate, p.kl, p.drop) for p in points(rows, key)) == [
+        ("fp-a", 0.2, 0.004),
+        ("fp-b", 0.5, 0.011),
+    ]
+    assert [p.candidate for p in points(rows, key, exclude_candidate="fp-a")] == ["fp-b"]
+    assert points(rows, PairKey("kl-s", "ret-s", "another-base")) == []
+    [pair] = summarize(rows)  # the other series has one point: no pair to fit
+    assert (pair.kl_check, pair.retention_check, pair.calibration.n, pair.allowance) == ("task-kl", "code", 2, 0.0219)
+
+
+def test_observed_coverage_counts_the_forecasts_that_held(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    held = {"drop": 0.01, "low": 0.0, "high": 0.02}
+    missed = {"drop": 0.01, "low": 0.0, "high": 0.005}
+    h.add_run(Run.now(), [kl("a", 0.1), ret("a", 0.01, forecast=held), kl("b", 0.2), ret("b", 0.01, forecast=missed),
+                          kl("c", 0.3), ret("c", 0.02)])  # fmt: skip
+    [pair] = summarize(h.rows())
+    assert pair.coverage_observed() == (1, 2)
+
+
+def test_export_then_import_merges_and_importing_twice_adds_nothing(tmp_path):
+    a = History(tmp_path / "a.sqlite")
+    a.add_run(Run.now(git_commit="1"), [kl("x", 0.1), ret("x", 0.003)])
+    a.add_run(Run.now(git_commit="2"), [kl("y", 0.4), ret("y", 0.009)])
+    out = io.StringIO()
+    assert a.export_jsonl(out) == 2
+    b = History(tmp_path / "b.sqlite")
+    b.add_run(Run.now(git_commit="3"), [kl("z", 0.7), ret("z", 0.015)])
+    lines = out.getvalue().splitlines()
+    assert b.import_jsonl(lines) == (2, 0)
+    assert b.import_jsonl(lines) == (0, 2)
+    assert sorted(r.git_commit for r in b.runs()) == ["1", "2", "3"]
+    assert sorted((r.candidate, r.value) for r in b.rows(kind="kl")) == [("x", 0.1), ("y", 0.4), ("z", 0.7)]
+    assert len(b.rows()) == 6 and summarize(b.rows())[0].calibration.n == 3
+    with pytest.raises(HistoryError, match=r"import:1: not a pytest-forgetguard history export line"):
+        b.import_jsonl(['{"some": "json"}'])
+
+
+def _writer(path: str, worker: int, runs: int) -> None:
+    h = History(path)
+    for i in range(runs):
+        h.add_run(
+            Run.now(git_commit=f"{worker}-{i}"), [kl(f"c{worker}-{i}", 0.1 * i), ret(f"c{worker}-{i}", 0.001 * i)]
+        )
+
+
+def test_concurrent_writers_share_one_file(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, 15)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    h = History(tmp_path / "h.sqlite")
+    assert len(h.runs()) == 45 and len(h.rows()) == 90
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_file_that_is_not_a_history_or_of_another_schema_is_a_clear_error(tmp_path):
+    bad = tmp_path / "notes.sqlite"
+    bad.write_text("not a database")
+    with pytest.raises(HistoryError, match="is not a forgetguard run history"):
+        History(bad).rows()
+    old = tmp_path / "old.sqlite"
+    History(old).add_run(Run.now(), [kl("a", 0.1)])
+    with sqlite3.connect(old) as conn:
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema'")
+    with pytest.raises(HistoryError, match="schema 0, not 1"):
+        History(old).rows()
+    with pytest.raises(HistoryError, match="no run history at .* yet"):
+        History(tmp_path / "missing.sqlite").rows()
+
+
+def test_the_command_line(tmp_path, capsys):
+    path = tmp_path / "h.sqlite"
+    h = History(path)
+    for i, (k, d) in enumerate([(0.005, -0.0002), (0.07, 0.0005), (0.11, 0.0027), (0.27, 0.0047), (0.96, 0.023),
+                                (1.09, 0.029), (1.17, 0.025), (1.45, 0.039), (1.58, 0.038), (1.79, 0.049)]):  # fmt: skip
+        h.add_run(Run.now(git_commit=f"c{i}"), [kl(f"cand{i}", k), ret(f"cand{i}", d)])
+    assert cli(["calibrate", "--history", str(path), "--json"]) == 0
+    [pair] = json.loads(capsys.readouterr().out)
+    assert {"kl_check", "retention_check", "n", "slope", "r2"} <= set(pair)
+    assert (pair["kl_check"], pair["retention_check"], pair["n"], pair["runs_needed"]) == ("task-kl", "code", 10, 0)
+    assert 0 < pair["kl_budget"] < 1.79 and pair["r2"] > 0.9
+    assert cli(["calibrate", "--history", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "task-kl" in table and "KL budget" in table
+    assert cli(["history", "--history", str(path), "--check", "code", "--last", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["candidate"] for r in rows] == ["cand8", "cand9"] and rows[0]["drop"] == 0.038
+    export = tmp_path / "h.jsonl"
+    assert cli(["export", "--history", str(path), "-o", str(export)]) == 0
+    capsys.readouterr()
+    assert cli(["import", "--history", str(tmp_path / "copy.sqlite"), str(export), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"added": 10, "already_there": 0}
+    assert cli(["history", "--history", str(tmp_path / "nowhere.sqlite")]) == 1
+    assert "no run history at" in capsys.readouterr().err
