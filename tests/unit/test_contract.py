@@ -90,3 +90,17 @@ def test_forgetguard_is_a_thin_front():
     assert len(inspect.getsource(comparison).splitlines()) < 200
     assert Forgetguard.__dict__.keys() <= {"__module__", "__doc__", "__qualname__", "__firstlineno__",
                                            "__static_attributes__"}  # fmt: skip
+
+
+def test_the_training_callback_has_the_contract_signature():
+    # CONTRACT.md: ForgetguardCallback(suite, every_n_steps=50, stop_on_budget=False, base=None)
+    from pytest_forgetguard.integrations.transformers import ForgetguardCallback
+
+    params = list(inspect.signature(ForgetguardCallback).parameters.values())
+    assert [(p.name, p.default) for p in params[1:4]] == [
+        ("every_n_steps", 50),
+        ("stop_on_budget", False),
+        ("base", None),
+    ]
+    assert params[0].name == "suite"
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[4:]), "more options stay keyword-only"

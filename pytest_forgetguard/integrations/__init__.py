@@ -1,0 +1,1 @@
+"""forgetguard inside other tools: :mod:`.transformers` (a ``Trainer`` / TRL callback)."""

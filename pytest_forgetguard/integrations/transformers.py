@@ -1,0 +1,401 @@
+"""The gate's budgets during training: a ``transformers.Trainer`` callback (TRL's trainers subclass it).
+
+One line in the trainer, the suite file CI uses::
+
+    from pytest_forgetguard.integrations.transformers import ForgetguardCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                      callbacks=[ForgetguardCallback("forgetguard_newtask.yaml", every_n_steps=50)])
+
+Every ``every_n_steps`` steps (and once at the end) the suite's ``kl`` and ``drift``
+checks run on the model being trained against its frozen base, through the gate's
+own code (:class:`~pytest_forgetguard.comparison.Forgetguard`): the same prompts,
+samples, seed and numbers as ``pytest --forgetguard`` on the saved checkpoint.
+The base is the model with its adapters disabled for a PEFT model (no second
+copy), otherwise the ``base`` SPEC (default: the suite's ``models.base``),
+loaded once. Each value is logged as ``forgetguard/<check>`` (with
+``.../budget_used``, ``.../ci_low``, ``.../ci_high``) through the trainer's
+callback handler, so it lands in ``trainer.state.log_history`` and every
+``report_to`` integration; a JSONL trajectory (one line per evaluation) is
+written to ``output_dir/forgetguard_trajectory.jsonl``.
+
+A check over its budget — or a measurement that errs, such as a NaN — warns; with
+``stop_on_budget=True`` it stops training, naming the check, the value, the budget
+and the last step within budget. ``last_checkpoint_within_budget`` is the last
+checkpoint saved at an evaluation where every check held: the one to ship.
+
+The callback does not change training: it measures under ``torch.no_grad()`` in
+eval mode (the train mode restored), with its own seeded generators, inside
+``torch.random.fork_rng`` so the trainer's random state is untouched.
+
+Outside a ``Trainer`` (a hand-written loop)::
+
+    watch = ForgetguardCallback("forgetguard_newtask.yaml")
+    watch.setup(model, tokenizer)
+    for step in ...:
+        ...
+        metrics = watch.measure(step)     # {"forgetguard/arith-kl": 0.012, ...}
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
+from transformers.training_args import TrainingArguments
+
+from ..cache import ResultCache
+from ..checks import SUITE_RUNNERS
+from ..comparison import Forgetguard
+from ..errors import CheckFailed, ForgetguardError, ForgetguardWarning
+from ..models.live import LiveModel
+from ..records import CheckRecord
+from ..settings import DEFAULT_SEED
+from ..suite import CheckSpec, Suite, load_suite
+
+__all__ = ["ForgetguardCallback"]
+
+# The kinds measured at every evaluation; retention (lm-eval, minutes) only with retention_every.
+LIVE_KINDS = ("kl", "drift")
+TRAJECTORY_FILE = "forgetguard_trajectory.jsonl"
+
+
+class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
+    """Watch a suite's KL and drift budgets while training; warn, or stop, when one is spent.
+
+    ``suite``: the suite file the CI gate runs (read and validated now: a bad file is the
+    plugin's own error, before training starts). ``checks``: the names to watch (default:
+    every ``kl`` and ``drift`` check that is not skipped). ``base``: the reference model's
+    SPEC for a full fine-tune (default: the suite's ``models.base``); a PEFT model is
+    compared with itself, adapters disabled, unless ``base`` is given. ``base_device``:
+    where a loaded base goes (default: the trained model's device). ``tokenizer``:
+    default the trainer's ``processing_class``. ``trajectory``: the JSONL path (default
+    ``output_dir/forgetguard_trajectory.jsonl``; ``False``: none). ``retention_every``: also
+    run the suite's retention checks (lm-eval, minutes each) at every M-th evaluation and at the
+    end of training; default never.
+    """
+
+    def __init__(
+        self,
+        suite: str | Path = "forgetguard_newtask.yaml",
+        every_n_steps: int = 50,
+        stop_on_budget: bool = False,
+        base: str | None = None,
+        *,
+        checks: Sequence[str] | None = None,
+        tokenizer: Any = None,
+        base_device: str | None = None,
+        trajectory: str | Path | bool | None = None,
+        retention_every: int | None = None,
+    ) -> None:
+        for label, value in (("every_n_steps", every_n_steps), ("retention_every", retention_every)):
+            if value is None and label == "retention_every":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        self.suite: Suite = load_suite(Path(suite))
+        self.retention_every = retention_every
+        self.checks = _select(self.suite, checks, retention=retention_every is not None)
+        self.every_n_steps = every_n_steps
+        self.stop_on_budget = bool(stop_on_budget)
+        self.base_spec = base
+        self.base_device = base_device
+        self._tokenizer = tokenizer
+        self._trajectory_option = trajectory
+        self.trajectory: Path | None = None
+        self.history: list[dict[str, Any]] = []  # one entry per evaluation: step, seconds, checks' records
+        self.last_within_budget: int | None = None  # the last evaluated step where every check held
+        self.last_checkpoint_within_budget: str | None = None
+        self.stopped: str | None = None  # the message, once stop_on_budget stopped training
+        self._fg: Forgetguard | None = None
+        self._live: LiveModel | None = None
+        self._handler: CallbackHandler | None = None
+        self._over: set[str] = set()  # checks over budget at the last evaluation (warn on the change)
+        self._records: list[CheckRecord] = []
+        self._last_step: int | None = None
+
+    # -- set up and measure (also for hand-written training loops) --------------------------
+
+    def setup(
+        self, model: Any, tokenizer: Any = None, output_dir: str | Path | None = None, resume: bool = False
+    ) -> None:
+        """Prepare to measure ``model``: its base, the comparison, the trajectory file.
+
+        The base is fingerprinted here, before training moves a weight.
+        """
+        tokenizer = _text_tokenizer(tokenizer if tokenizer is not None else self._tokenizer)
+        if tokenizer is None:
+            raise ForgetguardError(
+                "ForgetguardCallback needs the tokenizer: give the Trainer processing_class=tokenizer, "
+                "or ForgetguardCallback(..., tokenizer=tokenizer)"
+            )
+        self._live = LiveModel(model, tokenizer, role="candidate", label="training")
+        base: Any
+        if self.base_spec is None and self.suite.base is None and not hasattr(model, "disable_adapter"):
+            raise ForgetguardError(
+                f"{self.suite.path}: a full fine-tune needs its base to compare with: give "
+                "ForgetguardCallback(..., base=SPEC) or models.base in the suite (a PEFT model is compared "
+                "with itself, adapters disabled)"
+            )
+        spec = self.base_spec or (None if hasattr(model, "disable_adapter") else self.suite.base)
+        if spec is None:
+            base = LiveModel(model, tokenizer, role="base", label="base (adapters disabled)", adapters="disabled")
+            base.freeze_fingerprint()
+        else:
+            from ..models import ModelStore
+            from ..settings import default_cache_dir
+
+            dtype = self._live.dtype
+            store = ModelStore(
+                device=self.base_device or str(self._live.device), dtype=dtype, cache_dir=default_cache_dir()
+            )
+            base = store.get(spec, role="base")
+            base.load()
+        self._fg = Forgetguard(
+            base,
+            self._live,  # type: ignore[arg-type]
+            seed=self.suite.seed if self.suite.seed is not None else DEFAULT_SEED,
+            record=self._records.append,
+            default_name="training",
+            cache=ResultCache(None),  # in memory: the base's samples are drawn once, at the first evaluation
+            warn=lambda message: warnings.warn(message, ForgetguardWarning, stacklevel=2),
+        )
+        if self._trajectory_option is False:
+            self.trajectory = None
+        elif self._trajectory_option not in (None, True):
+            self.trajectory = Path(str(self._trajectory_option))
+        else:
+            self.trajectory = Path(output_dir or ".") / TRAJECTORY_FILE
+        if self.trajectory is not None:
+            self.trajectory.parent.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                self.trajectory.write_text("", encoding="utf-8")
+
+    def measure(self, step: int, epoch: float | None = None, retention: bool | None = None) -> dict[str, float]:
+        """Run the watched checks on the model as it is now; returns the metrics to log.
+
+        ``retention``: whether retention checks run this time (default: every ``retention_every``-th
+        evaluation, counting from the first).
+
+        Never raises for a check over budget or a broken model: that is in the metrics (a NaN value for
+        a measurement that erred), in :attr:`history`, and warned about. With ``stop_on_budget``, the
+        first evaluation over budget sets :attr:`stopped` (the message): a hand-written loop ends there.
+        """
+        import torch
+
+        if self._fg is None or self._live is None:
+            raise ForgetguardError("ForgetguardCallback.measure() before setup(): call setup(model, tokenizer) first")
+        self._live.set_step(step)
+        model = self._live.model
+        was_training = bool(getattr(model, "training", False))
+        start = time.perf_counter()
+        records: dict[str, CheckRecord] = {}
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            try:
+                if retention is None:
+                    retention = self.retention_every is not None and len(self.history) % self.retention_every == 0
+                for check in self.checks:
+                    if check.kind in LIVE_KINDS or retention:
+                        records[check.name] = self._run(check)
+            finally:
+                model.train(was_training)
+        seconds = time.perf_counter() - start
+        metrics = self._metrics(records)
+        self._last_step = step
+        within = all(rec.passed for rec in records.values())
+        if within:
+            self.last_within_budget = step
+        entry = {"step": step, "epoch": epoch, "seconds": round(seconds, 4), "within_budget": within,
+                 "checks": {name: _summary(rec) for name, rec in records.items()}}  # fmt: skip
+        self.history.append(entry)
+        if self.trajectory is not None:
+            with self.trajectory.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(entry, allow_nan=False) + "\n")
+        over = [name for name, rec in records.items() if not rec.passed]
+        if over and self.stop_on_budget and self.stopped is None:
+            self.stopped = "; ".join(self._over_message(step, records[name]) for name in over)
+            warnings.warn(f"stopping training: {self.stopped}", ForgetguardWarning, stacklevel=2)
+        elif not self.stop_on_budget:
+            for name in sorted(set(over) - self._over):  # warn when a check goes over, not at every evaluation
+                warnings.warn(self._over_message(step, records[name]), ForgetguardWarning, stacklevel=2)
+        self._over = set(over)
+        return metrics
+
+    def _run(self, check: CheckSpec) -> CheckRecord:
+        assert self._fg is not None
+        before = len(self._records)
+        try:
+            SUITE_RUNNERS[check.kind](self._fg, check.name, check.options)
+        except (CheckFailed, ForgetguardError, ValueError):
+            pass  # recorded: a failed check, or one that erred (a NaN, a bad prompt file)
+        if len(self._records) == before:  # pragma: no cover - every gate records itself
+            raise ForgetguardError(f"check {check.name!r} ran without a record")
+        return self._records[-1]
+
+    def _metrics(self, records: dict[str, CheckRecord]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, rec in records.items():
+            ok = rec.error is None
+            value = float(rec.value) if rec.value is not None and ok else math.nan
+            key = f"forgetguard/{name}"
+            metrics[key] = value  # the report's value: KL, drift, or a retention check's candidate score
+            if rec.kind == "retention":
+                # What is budgeted is the drop (positive = worse) against the allowed drop.
+                drop = float(rec.details["drop"]) if ok and rec.details.get("drop") is not None else math.nan
+                metrics[f"{key}/drop"] = drop
+                if rec.budget:
+                    metrics[f"{key}/budget_used"] = drop / rec.budget
+                if ok and rec.details.get("drop_ci"):
+                    metrics[f"{key}/ci_low"], metrics[f"{key}/ci_high"] = map(float, rec.details["drop_ci"])
+                continue
+            if rec.budget:
+                metrics[f"{key}/budget_used"] = value / rec.budget
+            if rec.ci_low is not None and rec.ci_high is not None and ok:
+                metrics[f"{key}/ci_low"], metrics[f"{key}/ci_high"] = float(rec.ci_low), float(rec.ci_high)
+        return metrics
+
+    def _over_message(self, step: int, rec: CheckRecord) -> str:
+        if rec.error is not None:
+            what = f"could not be measured: {rec.error.splitlines()[0]}"
+        elif rec.kind == "retention":
+            what = (
+                f"{rec.metric} {rec.base_value:.4g} -> {rec.value:.4g}, drop {rec.details['drop']:+.4g} > "
+                f"allowed {rec.budget:.4g} (gate: {rec.details.get('gate')})"
+            )
+        else:
+            what = f"{rec.metric} {rec.value:.4g} > budget {rec.budget:.4g}"
+        last = (
+            f"the last step within budget was {self.last_within_budget}"
+            if self.last_within_budget is not None
+            else "no evaluation was within budget"
+        )
+        if self.last_checkpoint_within_budget:
+            last += f" (checkpoint {self.last_checkpoint_within_budget})"
+        return f"forgetguard check {rec.name!r} at step {step}: {what}; {last}"
+
+    # -- the Trainer's events -------------------------------------------------------------------
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        self._handler = _calling_handler()
+        tokenizer = self._tokenizer if self._tokenizer is not None else kwargs.get("processing_class")
+        self.setup(model, tokenizer, output_dir=args.output_dir, resume=state.global_step > 0)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.global_step % self.every_n_steps == 0:
+            last = bool(state.max_steps) and state.global_step >= state.max_steps
+            # The last step's evaluation runs the retention checks too (when they run at all): what CI will see.
+            self._evaluate(args, state, control, retention=True if last and self.retention_every else None)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # The trainer saves after on_step_end: a checkpoint at a step just measured within budget is one to ship.
+        if self._last_step == state.global_step and self.last_within_budget == state.global_step:
+            self.last_checkpoint_within_budget = str(Path(args.output_dir or ".") / f"checkpoint-{state.global_step}")
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._fg is not None and self._last_step != state.global_step and self.stopped is None:
+            # The final model's numbers: what CI will see (its retention checks too, when they run at all).
+            self._evaluate(args, state, control, retention=self.retention_every is not None)
+
+    def _evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, retention: bool | None = None
+    ) -> None:
+        metrics = self.measure(state.global_step, state.epoch, retention)
+        self._log(args, state, control, metrics)
+        if self.stopped is not None:
+            control.should_training_stop = True
+
+    def _log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict[str, float]
+    ) -> None:
+        """Log as the trainer does: into ``state.log_history`` and to every callback's ``on_log``
+        (the ``report_to`` integrations: TensorBoard, W&B, MLflow, ...)."""
+        logs = dict(metrics)
+        if state.epoch is not None:
+            logs["epoch"] = state.epoch
+        state.log_history.append({**logs, "step": state.global_step})
+        if self._handler is not None:
+            should_log = control.should_log  # on_log clears it: the trainer's own log at this step must still happen
+            self._handler.on_log(args, state, control, logs)
+            control.should_log = should_log
+
+
+def _select(suite: Suite, names: Sequence[str] | None, retention: bool) -> list[CheckSpec]:
+    """The checks to watch: the named ones, else every kl and drift check (and with ``retention``,
+    every retention check) that is not skipped."""
+    by_name = {c.name: c for c in suite.checks}
+    if names is not None:
+        if isinstance(names, str):
+            names = [names]
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ForgetguardError(
+                f"{suite.path}: no check named {', '.join(map(repr, unknown))} (checks: {', '.join(by_name) or 'none'})"
+            )
+        chosen = [by_name[n] for n in names]
+        slow = [c.name for c in chosen if c.kind not in LIVE_KINDS]
+        if slow and not retention:
+            raise ForgetguardError(
+                f"{suite.path}: {', '.join(map(repr, slow))} is a retention check (lm-eval, minutes per run): "
+                "give retention_every=M to run it at every M-th evaluation"
+            )
+        return chosen
+    kinds = (*LIVE_KINDS, "retention") if retention else LIVE_KINDS
+    chosen = [c for c in suite.checks if c.kind in kinds and c.skip is None]
+    if not chosen:
+        raise ForgetguardError(f"{suite.path}: no kl or drift check to watch during training")
+    return chosen
+
+
+def _text_tokenizer(processing_class: Any) -> Any:
+    """The text tokenizer of a tokenizer or of a multimodal processor (which holds one)."""
+    if processing_class is None or hasattr(processing_class, "get_vocab"):
+        return processing_class
+    return getattr(processing_class, "tokenizer", None)
+
+
+def _calling_handler() -> CallbackHandler | None:
+    """The trainer's callback handler that is calling us (its ``call_event`` frame), to log through it."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(6):
+            frame = frame.f_back if frame is not None else None
+            owner = frame.f_locals.get("self") if frame is not None else None
+            if isinstance(owner, CallbackHandler):
+                return owner
+        return None
+    finally:
+        del frame
+
+
+def _summary(rec: CheckRecord) -> dict[str, Any]:
+    """A check's line in the trajectory (strict JSON: a non-finite number is null, its error says why)."""
+
+    def finite(x: float | None) -> float | None:
+        return float(x) if x is not None and math.isfinite(x) else None
+
+    drop = {"drop": finite(rec.details.get("drop"))} if rec.kind == "retention" else {}
+    return {
+        "metric": rec.metric,
+        "value": finite(rec.value),
+        **drop,
+        "budget": rec.budget,
+        "ci_low": finite(rec.ci_low),
+        "ci_high": finite(rec.ci_high),
+        "n": rec.n,
+        "passed": rec.passed,
+        "error": rec.error if rec.error or rec.value is None or math.isfinite(rec.value) else "non-finite value",
+    }

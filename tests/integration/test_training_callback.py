@@ -1,0 +1,305 @@
+"""The training callback: the gate's KL and drift budgets inside a real ``transformers.Trainer`` run.
+
+Tiny models trained a few steps on CPU: the values land in the trainer's logs, a budget stops
+training at the right step, the trainer's random state is untouched, and the last numbers equal
+what ``pytest --forgetguard`` reports for the saved model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+from helpers import DOC_PAIRS, forgetguard_args, prompts_jsonl
+from lmeval_tasks import write_tasks
+
+from pytest_forgetguard.errors import ForgetguardError, ForgetguardWarning, SuiteError
+from pytest_forgetguard.integrations.transformers import ForgetguardCallback
+
+SUITE = """
+checks:
+  - name: task-kl
+    kl: {{prompts: prompts.jsonl, max_new_tokens: 8, budget: {budget}}}
+  - name: weights
+    drift: {{max_relative_l2: 10.0}}
+  - name: keeps-mc
+    retention: {{task: tiny_mc, include_path: tasks, max_drop: {max_drop}}}
+"""
+
+
+@pytest.fixture
+def suite(tmp_path):
+    """Write the suite (with a KL budget) and its prompts; returns a function budget -> suite path."""
+    (tmp_path / "prompts.jsonl").write_text(prompts_jsonl())
+    write_tasks(tmp_path / "tasks")
+
+    def write(budget: float = 100.0, max_drop: float = 0.5) -> Path:
+        path = tmp_path / "forgetguard.yaml"
+        path.write_text(SUITE.format(budget=budget, max_drop=max_drop))
+        return path
+
+    return write
+
+
+class _Texts:
+    """A tiny causal-LM dataset: the prompts' reference continuations, tokenized, labels = inputs."""
+
+    def __init__(self, tokenizer, n: int = 32) -> None:
+        texts = [p + r for p, r in DOC_PAIRS] * (n // len(DOC_PAIRS))
+        self.items = []
+        for t in texts:
+            ids = tokenizer(t)["input_ids"][:16]
+            self.items.append({"input_ids": ids, "labels": list(ids), "attention_mask": [1] * len(ids)})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _collate(batch):
+    import torch
+
+    width = max(len(b["input_ids"]) for b in batch)
+    out = {}
+    for key, fill in (("input_ids", 0), ("labels", -100), ("attention_mask", 0)):
+        out[key] = torch.tensor([b[key] + [fill] * (width - len(b[key])) for b in batch])
+    return out
+
+
+def _model(tiny, peft: bool = True):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["base"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["base"], dtype=torch.float32)
+    if peft:
+        from peft import LoraConfig, get_peft_model
+
+        # Dropout draws from the global RNG every step: a callback that used it would change training.
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1)
+        model = get_peft_model(model, config)
+    return model, tok
+
+
+def _train(tiny, tmp_path, callbacks, steps: int = 6, peft: bool = True, save_steps: int = 2, name: str = "run"):
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    set_seed(7)  # the LoRA matrices' initialisation, then the trainer's own draws (data order, dropout)
+    model, tok = _model(tiny, peft)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / name),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=0.05,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        report_to=[],
+        seed=7,
+        use_cpu=True,
+        disable_tqdm=True,
+        lr_scheduler_type="constant",
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_Texts(tok),
+        data_collator=_collate,
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+    trainer.train()
+    return trainer
+
+
+def _losses(trainer):
+    return [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+
+
+def test_values_are_logged_through_the_trainer_and_the_trajectory(tiny, tmp_path, suite):
+    from transformers import TrainerCallback
+
+    class Integration(TrainerCallback):
+        """Stands where report_to's integrations (TensorBoard, W&B) stand: before user callbacks."""
+
+        seen: list[dict] = []
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            self.seen.append(dict(logs))
+
+    watch = ForgetguardCallback(suite(), every_n_steps=2)
+    trainer = _train(tiny, tmp_path, [Integration(), watch])
+    assert [log["forgetguard/task-kl"] for log in Integration.seen if "forgetguard/task-kl" in log] == [
+        h["forgetguard/task-kl"] for h in trainer.state.log_history if "forgetguard/task-kl" in h
+    ], "every logging callback sees the values, as report_to's integrations do"
+    logged = [h for h in trainer.state.log_history if "forgetguard/task-kl" in h]
+    assert [h["step"] for h in logged] == [2, 4, 6]
+    for h in logged:
+        assert h["forgetguard/task-kl"] > 0 and math.isfinite(h["forgetguard/weights"])
+        assert h["forgetguard/task-kl/budget_used"] == pytest.approx(h["forgetguard/task-kl"] / 100.0)
+        assert h["forgetguard/task-kl/ci_low"] <= h["forgetguard/task-kl"] <= h["forgetguard/task-kl/ci_high"]
+    # The model moves away from its base as it trains.
+    assert logged[0]["forgetguard/weights"] < logged[-1]["forgetguard/weights"]
+    lines = [json.loads(s) for s in (tmp_path / "run" / "forgetguard_trajectory.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in lines] == [2, 4, 6]
+    assert lines[-1]["checks"]["task-kl"]["value"] == logged[-1]["forgetguard/task-kl"]
+    assert all(e["within_budget"] and e["seconds"] > 0 for e in lines)
+    assert watch.last_checkpoint_within_budget == str(tmp_path / "run" / "checkpoint-6")
+    # The trainer's own loss logs are all still there (logging_steps=1).
+    assert [s for s, _ in _losses(trainer)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_callback_does_not_change_training(tiny, tmp_path, suite):
+    with_it = _train(tiny, tmp_path, [ForgetguardCallback(suite(), every_n_steps=1)], name="with")
+    without = _train(tiny, tmp_path, [], name="without")
+    assert _losses(with_it) == _losses(without)  # exactly: same RNG draws (LoRA dropout), same updates
+
+
+def test_the_last_values_equal_the_gate_on_the_saved_adapter(tiny, tmp_path, suite, pytester):
+    path = suite()
+    watch = ForgetguardCallback(path, every_n_steps=4)
+    trainer = _train(tiny, tmp_path, [watch], steps=6)
+    trainer.save_model(str(tmp_path / "final"))
+    last = trainer.state.log_history[-1]
+    assert last["step"] == 6 and "forgetguard/task-kl" in last, "the end of training is measured"
+    pytester.path.joinpath("prompts.jsonl").write_text(prompts_jsonl())
+    write_tasks(pytester.path / "tasks")
+    pytester.path.joinpath("forgetguard.yaml").write_text(path.read_text())
+    pytester.makefile(".ini", pytest="[pytest]\n")
+    result = pytester.runpytest(
+        *forgetguard_args(tiny["base"], tmp_path / "final"), "-k", "task-kl or weights", "--fg-report-json=r.json"
+    )
+    result.assert_outcomes(passed=2)
+    gate = {c["name"]: c["value"] for c in json.loads((pytester.path / "r.json").read_text())["checks"]}
+    assert gate["task-kl"] == pytest.approx(last["forgetguard/task-kl"], rel=1e-6, abs=1e-9)
+    assert gate["weights"] == pytest.approx(last["forgetguard/weights"], rel=1e-6, abs=1e-9)
+
+
+def test_a_budget_stops_training_and_names_the_last_step_within_it(tiny, tmp_path, suite):
+    free = ForgetguardCallback(suite(), every_n_steps=2)
+    _train(tiny, tmp_path, [free], name="free")
+    kl = [e["checks"]["task-kl"]["value"] for e in free.history]
+    assert kl[0] < kl[1], kl
+    budget = (kl[0] + kl[1]) / 2  # step 2 within, step 4 over
+    watch = ForgetguardCallback(suite(budget), every_n_steps=2, stop_on_budget=True)
+    with pytest.warns(ForgetguardWarning, match="stopping training") as caught:
+        trainer = _train(tiny, tmp_path, [watch], name="stopped")
+    assert trainer.state.global_step == 4
+    message = str(caught[-1].message)
+    assert "'task-kl' at step 4" in message and f"> budget {budget:.4g}" in message
+    assert "the last step within budget was 2" in message and "checkpoint-2" in message
+    assert watch.last_checkpoint_within_budget == str(tmp_path / "stopped" / "checkpoint-2")
+    # Without stop_on_budget: a warning, and training goes on.
+    warn_only = ForgetguardCallback(suite(budget), every_n_steps=2)
+    with pytest.warns(ForgetguardWarning, match="'task-kl' at step 4: kl_forward_mean"):
+        trainer = _train(tiny, tmp_path, [warn_only], name="warned")
+    assert trainer.state.global_step == 6
+
+
+def test_a_nan_during_training_is_never_within_budget(tiny, tmp_path, suite):
+    import torch
+    from transformers import TrainerCallback
+
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("nan"))
+
+    watch = ForgetguardCallback(suite(), every_n_steps=2, stop_on_budget=True)
+    with pytest.warns(ForgetguardWarning, match="could not be measured: .*NonFiniteError|could not be measured"):
+        trainer = _train(tiny, tmp_path, [Poison(), watch], name="nan")
+    assert trainer.state.global_step == 2
+    logged = [h for h in trainer.state.log_history if "forgetguard/task-kl" in h]
+    assert math.isnan(logged[-1]["forgetguard/task-kl"])
+    assert not watch.history[-1]["within_budget"]
+    assert watch.last_checkpoint_within_budget is None
+
+
+def test_a_full_fine_tune_is_compared_with_its_base_spec(tiny, tmp_path, suite):
+    watch = ForgetguardCallback(suite(), every_n_steps=3, base=str(tiny["base"]))
+    trainer = _train(tiny, tmp_path, [watch], peft=False)
+    logged = [h for h in trainer.state.log_history if "forgetguard/weights" in h]
+    assert [h["step"] for h in logged] == [3, 6] and logged[0]["forgetguard/weights"] > 0
+    assert trainer.model.training, "the train mode is restored"
+
+
+def test_measure_keeps_the_train_mode_and_works_without_a_trainer(tiny, suite):
+    model, tok = _model(tiny)
+    model.train()
+    watch = ForgetguardCallback(suite(), checks=["task-kl"], trajectory=False)
+    watch.setup(model, tok)
+    metrics = watch.measure(0)
+    assert model.training
+    assert metrics["forgetguard/task-kl"] == pytest.approx(0.0, abs=1e-9), "LoRA starts at B = 0: the base itself"
+    assert set(metrics) >= {"forgetguard/task-kl", "forgetguard/task-kl/budget_used"}
+
+
+def test_bad_setups_fail_before_training_with_the_plugins_messages(tiny, tmp_path, suite):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("checks:\n  - name: k\n    kl: {prompts: prompts.jsonl, budgt: 0.1}\n")
+    with pytest.raises(SuiteError, match=r"bad.yaml:3: check 'k': .*budgt"):
+        ForgetguardCallback(bad)
+    with pytest.raises(ForgetguardError, match="no check named 'nope'"):
+        ForgetguardCallback(suite(), checks=["nope"])
+    with pytest.raises(ForgetguardError, match="'keeps-mc' is a retention check .* give retention_every=M"):
+        ForgetguardCallback(suite(), checks=["keeps-mc"])
+    with pytest.raises(ValueError, match="every_n_steps must be a positive integer"):
+        ForgetguardCallback(suite(), every_n_steps=0)
+    model, tok = _model(tiny, peft=False)
+    with pytest.raises(ForgetguardError, match="a full fine-tune needs its base"):
+        ForgetguardCallback(suite()).setup(model, tok)
+    with pytest.raises(ForgetguardError, match="needs the tokenizer"):
+        ForgetguardCallback(suite(), base=str(tiny["base"])).setup(model, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a correct setup warns about nothing
+        ForgetguardCallback(suite(), base=str(tiny["base"]), trajectory=False).setup(model, tok)
+
+
+@pytest.mark.slow  # lm-eval on the base and twice on the model being trained
+def test_retention_checks_run_every_m_evaluations_and_at_the_end(tiny, tmp_path, suite):
+    watch = ForgetguardCallback(suite(), every_n_steps=2, retention_every=2)
+    trainer = _train(tiny, tmp_path, [watch], steps=6)
+    ran = [e["step"] for e in watch.history if "keeps-mc" in e["checks"]]
+    assert ran == [2, 6], "the 1st and 3rd evaluations, and the last step"
+    logged = [h for h in trainer.state.log_history if "forgetguard/keeps-mc" in h]
+    assert [h["step"] for h in logged] == [2, 6]
+    last = logged[-1]
+    assert 0 <= last["forgetguard/keeps-mc"] <= 1  # the candidate's accuracy
+    assert last["forgetguard/keeps-mc/budget_used"] == pytest.approx(last["forgetguard/keeps-mc/drop"] / 0.5)
+    assert (
+        last["forgetguard/keeps-mc/ci_low"] <= last["forgetguard/keeps-mc/drop"] <= last["forgetguard/keeps-mc/ci_high"]
+    )
+
+
+# TRL's SFTConfig sets the old name itself; nothing a user of the callback can change.
+@pytest.mark.slow  # TRL imports in seconds, trains in more
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
+def test_under_trls_sft_trainer(tiny, tmp_path, suite):
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    set_seed(7)
+    tok = AutoTokenizer.from_pretrained(tiny["base"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["base"])
+    data = datasets.Dataset.from_dict({"text": [p + r for p, r in DOC_PAIRS] * 8})
+    config = trl.SFTConfig(
+        output_dir=str(tmp_path / "sft"), max_steps=4, per_device_train_batch_size=4, learning_rate=0.05,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, max_length=32,
+    )  # fmt: skip
+    watch = ForgetguardCallback(suite(), every_n_steps=2)
+    trainer = trl.SFTTrainer(
+        model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[watch],
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )  # fmt: skip
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "forgetguard/task-kl" in h]
+    assert [h["step"] for h in logged] == [2, 4] and logged[-1]["forgetguard/task-kl"] > 0
+    assert watch.history[-1]["within_budget"]
