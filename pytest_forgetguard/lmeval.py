@@ -170,6 +170,25 @@ def _quiet_lm_eval() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _without_environment_report() -> Iterator[None]:
+    """lm-eval describes the machine in every result (torch's collect_env: ~20 subprocesses such as
+    ``pip list`` and ``nvidia-smi``; 0.62–0.67 s per call here, 2026-12-01) for its own logs, which we
+    never read."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+
+    def skipped(storage: dict[str, Any]) -> None:
+        storage["pretty_env_info"] = "not collected (pytest-forgetguard)"
+
+    evaluator.add_env_info = skipped
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
 def include_paths(include_path: str | Path | Sequence[str | Path] | None) -> list[Path]:
     """The shipped probes first, then the user's directories (which must exist)."""
     paths = [PROBES_DIR]
@@ -496,7 +515,14 @@ def run_lm_eval(
 
     handle.load()  # its own progress line, before lm-eval's
     label = f"lm-eval {', '.join(tasks)} on {handle.role} {handle.short_label}"
-    with progress.task(label), handle.active(), _quiet_lm_eval(), progress.third_party_quiet(), finite_logits(handle):
+    with (
+        progress.task(label),
+        handle.active(),
+        _quiet_lm_eval(),
+        _without_environment_report(),
+        progress.third_party_quiet(),
+        finite_logits(handle),
+    ):
         lm = _lm(handle, batch_size, seed, backend, warn or (lambda message: None))
         res = simple_evaluate(
             model=lm,

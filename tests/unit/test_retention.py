@@ -247,3 +247,18 @@ def test_vllm_arguments_point_at_files(tiny, tmp_path):
     # A LoRA candidate: vLLM loads the base's files and applies the adapter as a LoRA request.
     lora = vllm_arguments(store.get(str(tiny["lora"]), base=base), batch_size=8, seed=3)
     assert (lora["pretrained"], lora["lora_local_path"]) == (str(tiny["base"]), str(tiny["lora"]))
+
+
+def test_lm_eval_does_not_survey_the_machine_on_every_run(tiny, tasks_dir, monkeypatch):
+    # torch's collect_env runs ~20 subprocesses (pip list, nvidia-smi, ...): ~0.65 s per lm-eval run
+    # for a description of the machine nobody reads. It is skipped while forgetguard runs lm-eval.
+    import lm_eval.evaluator
+    import torch.utils.collect_env
+
+    calls = []
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: calls.append(1) or "")
+    original = lm_eval.evaluator.add_env_info
+    make_fg(tiny).retention("tiny_mc", include_path=tasks_dir)
+    assert calls == [] and lm_eval.evaluator.add_env_info is original  # skipped, then put back
+    lm_eval_reference(tiny["base"], tasks_dir, "tiny_mc")  # lm-eval alone still surveys it
+    assert calls == [1]
