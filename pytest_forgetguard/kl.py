@@ -35,6 +35,7 @@ from .stats import cluster_bootstrap_ratio, percentiles
 if TYPE_CHECKING:
     import torch
 
+    from .base_states import BaseStates
     from .models import ModelLike
 
 DIRECTIONS: tuple[str, ...] = KL_KEYS["direction"].enum
@@ -322,6 +323,15 @@ class _Scorer:
         full = model(input_ids=ids[:1, :n], attention_mask=mask[:1, :n], use_cache=False).logits[0].float()
         return split.shape == full.shape and bool(torch.allclose(split, full, rtol=1e-4, atol=1e-4))
 
+    def prepare(self, ids: "torch.Tensor", mask: "torch.Tensor") -> bool:
+        """Decide (once) whether body and head run apart, and find the head; returns that decision."""
+        with self.handle.active() as model:
+            if self.split is None:
+                self.split = self._validate(model, ids, mask)
+            if self.split and self.head is None:
+                self.head = self._parts(model)[1]
+        return self.split
+
     def hidden(
         self, ids: "torch.Tensor", mask: "torch.Tensor", rows: "torch.Tensor", cols: "torch.Tensor"
     ) -> "torch.Tensor":
@@ -420,12 +430,15 @@ def teacher_forced_kl(
     vocab: int | None = None,
     seed: int = 0,
     decode: Callable[[int], str] | None = None,
+    base_states: "BaseStates | None" = None,
 ) -> KLResult:
     """Exact per-token KL on fixed (teacher-forced) responses.
 
     ``vocab`` restricts the comparison to the first ``vocab`` ids (used when
     the user allowed a vocabulary mismatch). Results do not depend on
-    ``batch_size`` or on the order of ``sequences``.
+    ``batch_size`` or on the order of ``sequences``. ``base_states`` keeps the
+    base's hidden states by batch (:mod:`~pytest_forgetguard.base_states`): the
+    base runs once for every candidate scored on the same sequences.
     """
     import torch
 
@@ -475,9 +488,18 @@ def teacher_forced_kl(
             dev = base.device
             ids, mask = ids.to(dev), mask.to(dev)
             row_t, col_t = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
-            hb = scorers[0].hidden(ids, mask, row_t, col_t)
+            hb = None
+            # Only hidden states are kept (in fallback mode the base's "states" are whole logits).
+            key = base_states.key(base, ids, mask, row_t, col_t) if base_states is not None else None
+            if key is not None and base_states is not None and scorers[0].prepare(ids, mask):
+                hb = base_states.load(key, len(rows), dev)
+            fresh = hb is None
+            if hb is None:
+                hb = scorers[0].hidden(ids, mask, row_t, col_t)
             hc = scorers[1].hidden(ids, mask, row_t, col_t)
             _refuse_non_finite(scorers, (hb, hc), batch)
+            if fresh and key is not None and base_states is not None and scorers[0].split:
+                base_states.store(key, hb)  # after the finiteness check: only a good base pass is kept
             fwd, rev, tb, tc = _kl_slices(scorers, hb, hc, slice_positions, vocab, work)
             offset = 0
             for i, s in zip(picked, batch):

@@ -25,6 +25,7 @@ from .report import json_report, markdown_report, write_json
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .base_states import BaseStates
     from .cache import ResultCache
     from .comparison import Forgetguard
     from .distributed import DataParallel
@@ -52,6 +53,7 @@ class ForgetguardSession:
         # One store per (device, dtype): a suite file may ask for other ones than the run's.
         self._stores: dict[tuple[str, str], ModelStore] = {}
         self._cache: ResultCache | None = None
+        self._base_states: BaseStates | None = None
         self.forecasts = RunForecasts(self)
 
     @property
@@ -94,6 +96,15 @@ class ForgetguardSession:
             root = None if self.settings.cache_dir is None else self.settings.cache_dir / "results"
             self._cache = ResultCache(root, warn=self._warn)
         return self._cache
+
+    @property
+    def base_states(self) -> "BaseStates":
+        """The base's KL passes, computed once for every candidate of the session (and cached on disk)."""
+        if self._base_states is None:
+            from .base_states import BaseStates
+
+            self._base_states = BaseStates(self.cache)
+        return self._base_states
 
     def base_spec(self, suite_base: str | None = None) -> str:
         spec = self.settings.base or suite_base
@@ -159,6 +170,7 @@ class ForgetguardSession:
             warn=self._warn,
             parallel=self.parallel,
             forecasts=self.forecasts,
+            base_states=self.base_states,
         )
 
     def record_error(self, name: str, kind: str, candidate: str, exc: BaseException) -> None:

@@ -59,6 +59,7 @@ class ForecastSource(Protocol):
 
 
 if TYPE_CHECKING:
+    from ..base_states import BaseStates
     from ..cache import ResultCache
     from ..distributed import DataParallel
     from ..models import ModelHandle
@@ -135,6 +136,7 @@ class PairChecks:
         warn: Callable[[str], None] | None = None,
         parallel: "DataParallel | None" = None,
         forecasts: ForecastSource | None = None,
+        base_states: "BaseStates | None" = None,
     ) -> None:
         self.base = base
         self.candidate = candidate
@@ -145,6 +147,7 @@ class PairChecks:
         self._warn = warn or context.warn
         self.parallel = parallel
         self.forecasts = forecasts
+        self.base_states = base_states  # the base's KL passes, shared by every candidate (and across runs)
         self._compatible: dict[bool, int] = {}
 
     def __repr__(self) -> str:

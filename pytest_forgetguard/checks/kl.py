@@ -183,6 +183,7 @@ class KLChecks(PairChecks):
                 vocab=vocab,
                 seed=self.seed,
                 decode=lambda i: tok.decode([i]),
+                base_states=self.base_states,
             )
 
         if self.parallel is None:

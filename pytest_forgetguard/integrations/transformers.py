@@ -52,6 +52,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 from transformers.training_args import TrainingArguments
 
+from ..base_states import BaseStates
 from ..cache import ResultCache
 from ..checks import SUITE_RUNNERS
 from ..comparison import Forgetguard
@@ -159,13 +160,15 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
             )
             base = store.get(spec, role="base")
             base.load()
+        cache = ResultCache(None)
         self._fg = Forgetguard(
             base,
             self._live,  # type: ignore[arg-type]
             seed=self.suite.seed if self.suite.seed is not None else DEFAULT_SEED,
             record=self._records.append,
             default_name="training",
-            cache=ResultCache(None),  # in memory: the base's samples are drawn once, at the first evaluation
+            cache=cache,  # in memory: the base's samples are drawn once, at the first evaluation
+            base_states=BaseStates(cache),  # and its pass over them runs once: only the trained model runs after
             warn=lambda message: warnings.warn(message, ForgetguardWarning, stacklevel=2),
         )
         if self._trajectory_option is False:
