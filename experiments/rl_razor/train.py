@@ -27,11 +27,19 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import newtask  # noqa: E402
+
+
+class Watch(Protocol):
+    """Something that looks at the model while it trains (watch_training.py: forgetguard's callback)."""
+
+    def start(self, model: Any, tok: Any) -> None: ...
+
+    def step(self, step: int) -> None: ...
 
 
 def _optimizer(model: Any, lr: float) -> Any:
@@ -64,8 +72,11 @@ def _batches(train: list[dict[str, Any]], size: int, seed: int):
         pool = pool[size:]
 
 
-def train_sft(run: common.Run, base_dir: str, out: Path) -> None:
+def train_sft(run: common.Run, base_dir: str, out: Path | None, watch: Watch | None = None) -> None:
+    """Train one SFT run; saves its candidates under ``out`` (None: saves nothing)."""
     tok, model = common.load_policy(base_dir, run.seed)
+    if watch is not None:
+        watch.start(model, tok)
     _, train = newtask.split()
     batches = _batches(train, run.batch, run.seed)
     opt = _optimizer(model, run.lr)
@@ -82,15 +93,20 @@ def train_sft(run: common.Run, base_dir: str, out: Path) -> None:
             {"step": step, "loss": round(loss.item(), 5), "grad_norm": round(norm, 4), "s": round(time.time() - t0, 1)}
         )
         print(f"[{run.name}] step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-        if step in run.save_at:
+        if watch is not None:
+            watch.step(step)
+        if step in run.save_at and out is not None:
             common.save_candidate(model, run, step, log, out)
 
 
-def train_rl(run: common.Run, base_dir: str, out: Path) -> None:
+def train_rl(run: common.Run, base_dir: str, out: Path | None, watch: Watch | None = None) -> None:
+    """Train one RL run; saves its candidates under ``out`` (None: saves nothing)."""
     import torch
 
     reward_fn = newtask.load_reward().reward
     tok, model = common.load_policy(base_dir, run.seed)
+    if watch is not None:
+        watch.start(model, tok)
     _, train = newtask.split()
     batches = _batches(train, run.batch, run.seed)
     gen = torch.Generator().manual_seed(run.seed)
@@ -131,7 +147,9 @@ def train_rl(run: common.Run, base_dir: str, out: Path) -> None:
             f"len {entry['mean_len']:.1f} trained {len(keep)} ({entry['s']:.0f}s)",
             flush=True,
         )
-        if step in run.save_at:
+        if watch is not None:
+            watch.step(step)
+        if step in run.save_at and out is not None:
             common.save_candidate(model, run, step, log, out)
 
 

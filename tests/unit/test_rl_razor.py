@@ -197,3 +197,21 @@ def test_a_nan_never_passes_the_analysis() -> None:
         analyze.demo_pair(rows)
     with pytest.raises(SystemExit, match="non-finite"):
         analyze.fit(np.array([0.1, float("nan"), 0.3]), np.array([1.0, 2.0, 3.0]))
+
+
+def test_the_callbacks_committed_trajectories_agree_with_the_measured_candidates() -> None:
+    # watch_training.py's KL at the saved steps against the KL measured on the saved candidates
+    # afterwards (retrained from the same seed, another process: equal to float rounding).
+    import common
+    import watch_training
+
+    runs = [r for r in common.SWEEP if (watch_training.TRAJECTORIES / f"{r.name}.done.json").exists()]
+    assert {r.name for r in runs} >= {"sft-lr0.002", "rl-lr0.0005"}, "the demo pair's runs are committed"
+    rows = watch_training.compare(runs)
+    assert len(rows) == 2 * len(runs)
+    assert all(row["rel_diff"] < 1e-5 for row in rows), rows
+    for run in runs:  # every evaluation recorded a finite value within or over the suite's budget
+        lines, meta = watch_training.load(run)
+        assert lines[0]["step"] == 0 and lines[0]["checks"]["arith-kl"]["value"] == 0.0  # LoRA starts at B = 0
+        assert all(e["within_budget"] == (e["checks"]["arith-kl"]["value"] <= 0.66) for e in lines)
+        assert meta["train_steps"] == max(run.save_at)
