@@ -56,7 +56,7 @@ from ..base_states import BaseStates
 from ..cache import ResultCache
 from ..checks import SUITE_RUNNERS
 from ..comparison import Forgetguard
-from ..errors import CheckFailed, ForgetguardError, ForgetguardWarning
+from ..errors import ForgetguardError, ForgetguardWarning
 from ..models.live import LiveModel
 from ..records import CheckRecord
 from ..settings import DEFAULT_SEED
@@ -197,6 +197,7 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         if self._fg is None or self._live is None:
             raise ForgetguardError("ForgetguardCallback.measure() before setup(): call setup(model, tokenizer) first")
         self._live.set_step(step)
+        self._records.clear()  # this evaluation's records only (the history keeps each one's summary)
         model = self._live.model
         was_training = bool(getattr(model, "training", False))
         start = time.perf_counter()
@@ -239,8 +240,10 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         before = len(self._records)
         try:
             SUITE_RUNNERS[check.kind](self._fg, check.name, check.options)
-        except (CheckFailed, ForgetguardError, ValueError):
-            pass  # recorded: a failed check, or one that erred (a NaN, a bad prompt file)
+        except Exception:
+            # Recorded: a failed check, or one that erred (a NaN, a bad prompt file, out of memory).
+            # It is never within budget; training is not ended by the callback's own error.
+            pass
         if len(self._records) == before:  # pragma: no cover - every gate records itself
             raise ForgetguardError(f"check {check.name!r} ran without a record")
         return self._records[-1]
