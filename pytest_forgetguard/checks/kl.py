@@ -151,18 +151,19 @@ class KLChecks(PairChecks):
             if fixed is not None:
                 responses = [fixed[i] for i in positions]
             else:
-                from ..generation import cached_sample_responses
+                from ..generation import cached_sample_responses, decode_batch_size
 
                 source = self.base if sample_from == "base" else self.candidate
+                todo = [prompt_ids[i] for i in positions]
                 # Cached by the source model's fingerprint: a rerun with an unchanged base samples nothing.
                 # Seeded per prompt: a shard's samples are the ones a single process draws for them.
                 responses = cached_sample_responses(
                     source,
-                    [prompt_ids[i] for i in positions],
+                    todo,
                     max_new_tokens,
                     seed=self.seed,
                     temperature=temperature,
-                    batch_size=max(batch_size, 16),
+                    batch_size=decode_batch_size(source, todo, max_new_tokens, at_least=batch_size),
                     vocab=vocab,
                     cache=self.cache,
                 )

@@ -18,8 +18,11 @@ from pytest_forgetguard.cache import ResultCache
 from pytest_forgetguard.comparison import Forgetguard
 from pytest_forgetguard.errors import ForgetguardWarning
 from pytest_forgetguard.generation import (
+    DECODE_BATCH,
+    DECODE_MEMORY,
     SAMPLES_NAMESPACE,
     cached_sample_responses,
+    decode_batch_size,
     prompt_seed,
     sample_responses,
     samples_cache_key,
@@ -102,7 +105,7 @@ def test_samples_equal_an_unbatched_uncached_reference(tiny, store):
     assert len({len(p) for p in prompts}) > 4, "prompts of many lengths: left padding is exercised"
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 5, 16])
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 16, 64])
 def test_batch_size_and_order_do_not_change_samples(tiny, store, batch_size):
     base = store.get(str(tiny["base"]), role="base")
     prompts = encoded(base)
@@ -350,3 +353,21 @@ def test_smollm2_batched_equals_unbatched(smollm2_dir):
     assert len({len(p) for p in prompts}) == len(prompts), "every row is padded differently"
     one = sample_responses(base, prompts, max_new_tokens=16, seed=1234, batch_size=1)
     assert sample_responses(base, prompts, max_new_tokens=16, seed=1234, batch_size=16) == one
+
+
+def test_the_decode_batch_is_as_large_as_its_kv_cache_allows(tiny, store):
+    from types import SimpleNamespace
+
+    base = store.get(str(tiny["base"]), role="base")
+    prompts = encoded(base)
+    assert decode_batch_size(base, prompts, 12, at_least=8) == DECODE_BATCH  # a tiny model: the cap
+
+    def fake(**config):
+        return SimpleNamespace(raw_model=SimpleNamespace(config=SimpleNamespace(**config)), dtype="bfloat16")
+
+    # An 8B-like model (32 layers, 8 KV heads of 128) with 4,000-token sequences: 0.5 MB a token-row.
+    big = fake(num_hidden_layers=32, num_key_value_heads=8, num_attention_heads=32, hidden_size=4096)
+    per_row = (4000 + 64) * 32 * 2 * 8 * 128 * 2
+    assert decode_batch_size(big, [[1] * 4000], 64, at_least=1) == DECODE_MEMORY // per_row == 2
+    assert decode_batch_size(big, [[1] * 4000], 64, at_least=8) == 8  # never fewer than the caller's batch
+    assert decode_batch_size(fake(), [[1]], 4, at_least=5) == 5  # a config it cannot read: the caller's
