@@ -324,11 +324,17 @@ class _Scorer:
         return split.shape == full.shape and bool(torch.allclose(split, full, rtol=1e-4, atol=1e-4))
 
     def prepare(self, ids: "torch.Tensor", mask: "torch.Tensor") -> bool:
-        """Decide (once) whether body and head run apart, and find the head; returns that decision."""
+        """Decide (once) whether body and head run apart, and find the head; returns that decision.
+
+        Decided, it returns at once: selecting a PEFT model's adapter walks every module, and this
+        runs for every batch.
+        """
+        if self.split is not None and (not self.split or self.head is not None):
+            return self.split
         with self.handle.active() as model:
             if self.split is None:
                 self.split = self._validate(model, ids, mask)
-            if self.split and self.head is None:
+            if self.split:
                 self.head = self._parts(model)[1]
         return self.split
 
@@ -336,11 +342,10 @@ class _Scorer:
         self, ids: "torch.Tensor", mask: "torch.Tensor", rows: "torch.Tensor", cols: "torch.Tensor"
     ) -> "torch.Tensor":
         """Hidden states (or logits, in fallback mode) at the given positions."""
+        split = self.prepare(ids, mask)
         with self.handle.active() as model:
-            if self.split is None:
-                self.split = self._validate(model, ids, mask)
-            if self.split:
-                body, self.head = self._parts(model)
+            if split:
+                body = self._parts(model)[0]
                 out = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             else:
                 out = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
