@@ -56,7 +56,7 @@ def load(results: Path) -> list[dict[str, Any]]:
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.name != "summary.json"]
     order: dict[str, int] = {}
     for i, run in enumerate(common.SWEEP + common.QUICK_SWEEP):
-        order.setdefault(run.name, i)  # sweep order; a quick run of the same name keeps the sweep's place
+        order.setdefault(run.config, i)  # sweep order; a quick run of the same name keeps the sweep's place
     return sorted(rows, key=lambda r: (order.get(f"{r['method']}-lr{r['lr']:g}", 99), r["step"]))
 
 

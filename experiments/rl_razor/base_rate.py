@@ -1,12 +1,12 @@
 """How often does the base earn the reward? The measurement behind the choice of task.
 
-    python experiments/rl_razor/base_rate.py --base BASE_DIR [--prompts 48] [--samples 4]
+    python experiments/rl_razor/base_rate.py --base BASE_DIR [--task json] [--prompts 48] [--samples 4]
 
 For each prompt variant, on the first --prompts held-out problems: the greedy success rate and the
 success rate of --samples samples per prompt at temperature 1 (what on-policy RL sees), with the
 task's reward (tasks/rlr_reward.py; a sample must also end within 32 tokens), and how often samples
-end at all. Variants: the chosen task; the same without the instruction; two-digit operands (the
-demo's arithmetic).
+end at all. Variants, arith: the chosen task; the same without the instruction; two-digit operands
+(the demo's arithmetic). json: the chosen task; the same object with two keys (name and city).
 """
 
 from __future__ import annotations
@@ -19,7 +19,44 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import jsontask  # noqa: E402
 import newtask  # noqa: E402
+
+
+def json_variants(n: int) -> dict[str, list[dict]]:
+    chosen, _ = jsontask.split()
+    chosen = chosen[:n]
+    two = [
+        {
+            **d,
+            "prompt": d["prompt"]
+            .replace("Which city is mentioned? ", "")
+            .replace('{"city": "..."}', '{"name": "...", "city": "..."}'),
+            "two_keys": True,
+        }
+        for d in chosen
+    ]
+    return {"chosen: {'city': ...}": chosen, "two keys: {'name': ..., 'city': ...}": two}
+
+
+def json_reward(text: str, doc: dict) -> float:
+    """The chosen task's reward; for the two-key variant the same rule with both keys."""
+    if not doc.get("two_keys"):
+        return jsontask.load_reward().reward(text, doc)
+    import json
+    import re
+
+    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
+    try:
+        obj = json.loads(body) if 0 < len(body) <= 100 else None
+    except ValueError:
+        obj = None
+    want = {"name": doc["name"], "city": doc["city"]}
+    return float(
+        isinstance(obj, dict)
+        and list(obj) == list(want)
+        and all(isinstance(obj[k], str) and obj[k].strip().lower() == v.lower() for k, v in want.items())
+    )
 
 
 def variants(n: int) -> dict[str, list[dict]]:
@@ -46,17 +83,18 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True)
+    ap.add_argument("--task", default="arith", choices=sorted(common.TASKS))
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--samples", type=int, default=4)
     args = ap.parse_args()
     common.set_threads()
-    reward = newtask.load_reward().reward
+    reward = newtask.load_reward().reward if args.task == "arith" else json_reward
     tok = AutoTokenizer.from_pretrained(args.base)
     model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(0)
-    for name, docs in variants(args.prompts).items():
+    for name, docs in (variants if args.task == "arith" else json_variants)(args.prompts).items():
         t0 = time.time()
-        prompts = [common.make_candidates.prompt_ids(tok, newtask.messages(d)) for d in docs]
+        prompts = [common.make_candidates.prompt_ids(tok, common.task_module(args.task).messages(d)) for d in docs]
         ids, mask = common.left_pad(prompts, tok.pad_token_id)
         with torch.no_grad():
             greedy = model.generate(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,10 +53,19 @@ class Run:
     seed: int = 0
     batch: int = 8  # SFT: examples per step; RL: prompts per step
     group: int = 8  # RL: samples per prompt (GRPO group)
+    task: str = "arith"  # a key of TASKS
+
+    @property
+    def config(self) -> str:
+        """Task, method and learning rate: what ``--only`` selects, the same for every seed.
+
+        The first task's names carry no task prefix (they predate the second task)."""
+        return ("" if self.task == "arith" else f"{self.task}-") + f"{self.method}-lr{self.lr:g}"
 
     @property
     def name(self) -> str:
-        return f"{self.method}-lr{self.lr:g}"
+        """The run: its config, and its seed when not 0 (seed 0's names predate seeds)."""
+        return self.config + (f"-seed{self.seed}" if self.seed else "")
 
     def candidate(self, step: int) -> str:
         return f"{self.name}-s{step}"
@@ -83,8 +92,28 @@ DEMO = {"sft": "sft-lr0.002-s12", "rl": "rl-lr0.0005-s10"}
 QUICK_SWEEP = (Run("sft", 5e-4, (3,)), Run("rl", 5e-4, (2,), batch=2, group=4))
 
 
-def sweep(quick: bool) -> tuple[Run, ...]:
-    return QUICK_SWEEP if quick else SWEEP
+def sweep(quick: bool, seed: int = 0, task: str = "arith") -> tuple[Run, ...]:
+    """The sweep's runs on ``task`` with training seed ``seed`` (LoRA init, batch order, RL samples)."""
+    return tuple(replace(r, seed=seed, task=task) for r in (QUICK_SWEEP if quick else SWEEP))
+
+
+# The new tasks, by key: the module that defines each (problems, split, prompts, demonstrations,
+# reward, data files, lm-eval task name). Both sweeps use the same schedule (SWEEP).
+TASKS = {"arith": "newtask", "json": "jsontask"}
+
+
+def task_module(task: str) -> Any:
+    """The module of ``task`` (newtask.py or jsontask.py)."""
+    import importlib
+
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[task])
+
+
+def selected(run: Run, only: list[str] | None) -> bool:
+    """``--only`` names a config (every seed) or one seeded run."""
+    return not only or run.config in only or run.name in only
 
 
 def set_threads() -> None:

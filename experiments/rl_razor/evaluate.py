@@ -1,6 +1,6 @@
 """Measure every trained candidate against the base with forgetguard only (the ``Forgetguard`` API).
 
-    python experiments/rl_razor/evaluate.py --base BASE_DIR [--quick] [--force]
+    python experiments/rl_razor/evaluate.py --base BASE_DIR [--quick] [--seed 1] [--task json] [--force]
 
 Per candidate, one JSON in results/<candidate>.json (written atomically; an existing one is kept,
 so a rerun measures only what is missing):
@@ -31,7 +31,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import newtask  # noqa: E402
 
 PROBES = (
     ("fg_capitals", "acc"),
@@ -77,7 +76,8 @@ def _retention(result: Any) -> dict[str, Any]:
     }
 
 
-def measure(fg: Any) -> dict[str, Any]:
+def measure(fg: Any, task: Any) -> dict[str, Any]:
+    """Everything measured on one candidate; ``task`` is the new task's module (newtask, jsontask)."""
     timings: dict[str, float] = {}
 
     def timed(label: str, fn: Any) -> Any:
@@ -88,11 +88,11 @@ def measure(fg: Any) -> dict[str, Any]:
 
     new = timed(
         "new_task",
-        lambda: fg.retention("rlr_arith", metric="acc", include_path=str(newtask.TASKS_DIR), apply_chat_template=True),
+        lambda: fg.retention(task.TASK, metric="acc", include_path=str(task.TASKS_DIR), apply_chat_template=True),
     )
     kl_opts = {"max_new_tokens": common.MAX_NEW_TOKENS, "batch_size": 8}
-    fwd = timed("kl_forward", lambda: fg.kl(str(newtask.KL_PROMPTS), direction="forward", **kl_opts))
-    rev = timed("kl_reverse", lambda: fg.kl(str(newtask.KL_PROMPTS), direction="reverse", **kl_opts))
+    fwd = timed("kl_forward", lambda: fg.kl(str(task.KL_PROMPTS), direction="forward", **kl_opts))
+    rev = timed("kl_reverse", lambda: fg.kl(str(task.KL_PROMPTS), direction="reverse", **kl_opts))
     drift = timed("drift", lambda: fg.drift())
     probes = {}
     for task, metric in PROBES:
@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="measure again candidates that have results")
     ap.add_argument("--only", action="append", help="measure only these runs (by name, e.g. rl-lr0.0005)")
     ap.add_argument("--reverse", action="store_true", help="last candidate first (a second process can share the work)")
+    ap.add_argument("--seed", type=int, action="append", help="training seeds to measure (repeatable; default 0)")
+    ap.add_argument("--task", default="arith", choices=sorted(common.TASKS), help="the new task (default arith)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     common.set_threads()
@@ -143,9 +145,10 @@ def main() -> None:
     cache = ResultCache(common.FG_CACHE, warn=lambda m: print(f"warning: {m}", flush=True))
     todo = [
         (run, step)
-        for run in common.sweep(args.quick)
+        for seed in args.seed or [0]
+        for run in common.sweep(args.quick, seed, args.task)
         for step in run.save_at
-        if not args.only or run.name in args.only
+        if common.selected(run, args.only)
     ]
     for run, step in reversed(todo) if args.reverse else todo:
         name = run.candidate(step)
@@ -159,7 +162,8 @@ def main() -> None:
         t0 = time.perf_counter()
         cand = store.get(str(cands / name), base=base)
         fg = Forgetguard(base, cand, seed=1234, cache=cache, warn=lambda m: print(f"warning: {m}", flush=True))
-        row = {"candidate": name, "method": run.method, "lr": run.lr, "step": step, "seed": run.seed, **measure(fg)}
+        row = {"candidate": name, "task": run.task, "method": run.method, "lr": run.lr, "step": step, "seed": run.seed}
+        row |= measure(fg, common.task_module(run.task))
         row["seconds"]["total"] = round(time.perf_counter() - t0, 1)
         meta = json.loads((cands / name / "train_meta.json").read_text())
         row["train_log_tail"] = meta["log"][-5:]

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+TASK = "rlr_arith"  # the lm-eval task
 TASKS_DIR = HERE / "tasks"  # lm-eval include_path: rlr_arith.yaml, its data and its reward
 TASK_DATA = TASKS_DIR / "rlr_arith.jsonl"  # held-out problems as lm-eval docs
 KL_PROMPTS = HERE / "data" / "kl_prompts.jsonl"  # the first 64 held-out problems as chat prompts
 TRAIN_DATA = HERE / "data" / "train.jsonl"  # training problems with SFT demonstrations
+REWARD_FILE = TASKS_DIR / "rlr_reward.py"
 MAX_OPERAND = 12
 INSTRUCTION = "Answer with just the number."
 SPLIT_SEED = 20260906  # fixed: the split must never change between runs
@@ -96,7 +98,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def load_reward() -> Any:
     """tasks/rlr_reward.py, imported by path as lm-eval does (the same code scores training and eval)."""
-    spec = importlib.util.spec_from_file_location("rlr_reward", TASKS_DIR / "rlr_reward.py")
+    spec = importlib.util.spec_from_file_location("rlr_reward", REWARD_FILE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,6 +1,6 @@
 """Train the candidates of the sweep (common.SWEEP): SFT on demonstrations and on-policy RL, as LoRA adapters.
 
-    python experiments/rl_razor/train.py --base BASE_DIR [--quick] [--only sft-lr0.0005] [--force]
+    python experiments/rl_razor/train.py --base BASE_DIR [--quick] [--only sft-lr0.0005] [--seed 1] [--task json] [--force]
 
 Each run saves a candidate at each of its ``save_at`` step counts under work/candidates/<run>-s<step>/ (--quick: work/quick/candidates/)
 (adapter_config.json, adapter_model.safetensors, train_meta.json with the training log, COMPLETE).
@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import newtask  # noqa: E402
 
 
 class Watch(Protocol):
@@ -74,10 +73,11 @@ def _batches(train: list[dict[str, Any]], size: int, seed: int):
 
 def train_sft(run: common.Run, base_dir: str, out: Path | None, watch: Watch | None = None) -> None:
     """Train one SFT run; saves its candidates under ``out`` (None: saves nothing)."""
+    task = common.task_module(run.task)
     tok, model = common.load_policy(base_dir, run.seed)
     if watch is not None:
         watch.start(model, tok)
-    _, train = newtask.split()
+    _, train = task.split()
     batches = _batches(train, run.batch, run.seed)
     opt = _optimizer(model, run.lr)
     model.train()
@@ -85,7 +85,7 @@ def train_sft(run: common.Run, base_dir: str, out: Path | None, watch: Watch | N
     t0 = time.time()
     for step in range(1, max(run.save_at) + 1):
         docs = next(batches)
-        examples = [{"messages": newtask.messages(d), "response": newtask.demonstration(d)} for d in docs]
+        examples = [{"messages": task.messages(d), "response": task.demonstration(d)} for d in docs]
         ids, mask, labels = common.make_candidates.train_batch(tok, examples)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         norm = _step(model, opt, loss)
@@ -103,11 +103,12 @@ def train_rl(run: common.Run, base_dir: str, out: Path | None, watch: Watch | No
     """Train one RL run; saves its candidates under ``out`` (None: saves nothing)."""
     import torch
 
-    reward_fn = newtask.load_reward().reward
+    task = common.task_module(run.task)
+    reward_fn = task.load_reward().reward
     tok, model = common.load_policy(base_dir, run.seed)
     if watch is not None:
         watch.start(model, tok)
-    _, train = newtask.split()
+    _, train = task.split()
     batches = _batches(train, run.batch, run.seed)
     gen = torch.Generator().manual_seed(run.seed)
     opt = _optimizer(model, run.lr)
@@ -116,7 +117,7 @@ def train_rl(run: common.Run, base_dir: str, out: Path | None, watch: Watch | No
     t0 = time.time()
     for step in range(1, max(run.save_at) + 1):
         docs = next(batches)
-        prompts = [common.make_candidates.prompt_ids(tok, newtask.messages(d)) for d in docs]
+        prompts = [common.make_candidates.prompt_ids(tok, task.messages(d)) for d in docs]
         rolls = common.sample(model, tok, prompts, run.group, common.MAX_NEW_TOKENS, gen)
         rewards = torch.tensor(
             [reward_fn(tok.decode(r.response), docs[i // run.group]) if r.ended else 0.0 for i, r in enumerate(rolls)]
@@ -159,11 +160,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the smoke sweep (common.QUICK_SWEEP)")
     ap.add_argument("--only", action="append", help="run only these runs (by name, e.g. rl-lr0.0005)")
     ap.add_argument("--force", action="store_true", help="retrain runs whose candidates exist")
+    ap.add_argument("--seed", type=int, action="append", help="training seeds (repeatable; default 0)")
+    ap.add_argument("--task", default="arith", choices=sorted(common.TASKS), help="the new task (default arith)")
     args = ap.parse_args()
     common.set_threads()
     out = common.candidates_dir(args.quick)
-    for run in common.sweep(args.quick):
-        if args.only and run.name not in args.only:
+    for run in (r for seed in args.seed or [0] for r in common.sweep(args.quick, seed, args.task)):
+        if not common.selected(run, args.only):
             continue
         if common.run_done(run, out) and not args.force:
             print(f"[{run.name}] candidates exist, skipping")

@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--only", action="append", help="only these runs (by name, e.g. rl-lr0.0005)")
     ap.add_argument("--plot-only", action="store_true", help="compare and plot the trajectories present")
     args = ap.parse_args()
-    runs = [r for r in common.sweep(False) if not args.only or r.name in args.only]
+    runs = [r for r in common.sweep(False) if common.selected(r, args.only)]
     if not args.plot_only:
         if not args.base:
             ap.error("--base is required unless --plot-only")

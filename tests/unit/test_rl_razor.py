@@ -52,6 +52,69 @@ def test_reward_rejects_wrong_hacked_or_long_answers(text: str, why: str) -> Non
     assert _reward(text) == 0.0, why
 
 
+JSON_DOC = {"name": "Diego", "city": "Turin"}
+
+
+@pytest.mark.parametrize(
+    "text", ['{"city": "Turin"}', '{\n  "city": "Turin"\n}', ' {"city":"turin"} ', '```json\n{"city": "Turin"}\n```']
+)
+def test_json_reward_accepts_the_object_in_the_asked_shape(text: str) -> None:
+    import jsontask
+
+    assert jsontask.load_reward().reward(text, JSON_DOC) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "empty"),
+        ("Turin", "not JSON"),
+        ('The city is {"city": "Turin"}', "prose before the object"),
+        ('{"city": "Turin"}\nThat is the answer.', "prose after the object"),
+        ('{"city": "Turin", "country": "Italy"}', "an extra key: the shape is part of the task"),
+        ('{"name": "Turin"}', "the wrong key"),
+        ('{"city": "Diego"}', "the person, not the city"),
+        ('{"city": "Turin, Italy"}', "more than the city"),
+        ('{"city": ["Turin"]}', "not a string"),
+        ('["Turin"]', "not an object"),
+        ('{"city": "' + "Turin" + " " * 90 + '"}', "too long (> 100 chars)"),
+    ],
+)
+def test_json_reward_rejects_everything_else(text: str, why: str) -> None:
+    import jsontask
+
+    assert jsontask.load_reward().reward(text, JSON_DOC) == 0.0, why
+
+
+def test_json_task_split_data_and_demonstrations() -> None:
+    import jsontask
+
+    heldout, train = jsontask.split()
+    assert (len(heldout), len(train)) == (jsontask.N_HELDOUT, jsontask.N_PROBLEMS - jsontask.N_HELDOUT)
+    ids = [d["id"] for d in heldout + train]
+    assert len(set(ids)) == len(ids) and jsontask.split() == (heldout, train)
+    assert not set(jsontask.CITIES) & {"Paris", "Rome", "Tokyo", "Berlin", "Madrid", "Ottawa", "Oslo"}  # no capitals
+    assert newtask.read_jsonl(jsontask.TASK_DATA) == heldout
+    kl = newtask.read_jsonl(jsontask.KL_PROMPTS)
+    assert [r["messages"] for r in kl] == [jsontask.messages(d) for d in heldout[: jsontask.N_KL_PROMPTS]]
+    assert [r["id"] for r in newtask.read_jsonl(jsontask.TRAIN_DATA)] == [d["id"] for d in train]
+    reward = jsontask.load_reward().reward
+    assert all(reward(jsontask.demonstration(d), d) == 1.0 for d in heldout + train)
+    # The demonstrations are right but not in the base's compact style: SFT data someone else wrote.
+    assert jsontask.demonstration(heldout[0]) != '{"city": "%s"}' % heldout[0]["city"]
+
+
+def test_runs_are_named_by_task_method_rate_and_seed() -> None:
+    import common
+
+    names = [r.candidate(r.save_at[0]) for r in common.sweep(False)]
+    assert names[0] == "sft-lr0.0001-s12"  # seed 0 of the first task: the names the results predate seeds with
+    assert [r.candidate(12) for r in common.sweep(False, seed=2, task="json")][:1] == ["json-sft-lr0.0001-seed2-s12"]
+    assert common.selected(common.sweep(False, seed=1)[0], ["sft-lr0.0001"])  # --only a config: every seed
+    assert not common.selected(common.sweep(False, seed=1)[0], ["sft-lr0.0001-seed2"])
+    assert common.task_module("json").TASK == "rlr_json" and common.task_module("arith").TASK == "rlr_arith"
+
+
 def test_reward_is_what_lm_eval_scores() -> None:
     module = newtask.load_reward()
     assert module.process_results(DOC, ["7 + 8 = 15"]) == {"acc": 1.0}
