@@ -45,6 +45,7 @@ from .schema import RETENTION_KEYS
 from .settings import DEFAULT_SEED
 
 if TYPE_CHECKING:
+    from .distributed import DataParallel
     from .models import ModelHandle, ModelLike
 
 PROBES_DIR = Path(__file__).resolve().parent / "probes"
@@ -187,6 +188,24 @@ def _without_environment_report() -> Iterator[None]:
         yield
     finally:
         evaluator.add_env_info = original
+
+
+@contextlib.contextmanager
+def _every_rank_gets_results() -> Iterator[None]:
+    """``LOCAL_RANK`` reads 0 while lm-eval runs: it returns results only where it does.
+
+    lm-eval (0.4.10 and later) returns ``None`` from ``simple_evaluate`` on every process whose
+    ``LOCAL_RANK`` is not 0, assuming tensor parallelism and one reporting process; under torchrun
+    every rank needs the results, to reach the same verdict.
+    """
+    saved = os.environ.get("LOCAL_RANK")
+    if saved is not None:
+        os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["LOCAL_RANK"] = saved
 
 
 def include_paths(include_path: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -475,6 +494,73 @@ def vllm_arguments(handle: "ModelHandle", batch_size: int, seed: int) -> dict[st
     return args
 
 
+# lm-eval's request types: the methods of its LM interface that run the model.
+REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+
+def _sharded_lm(inner: Any, parallel: "DataParallel", handle: "ModelLike") -> Any:
+    """``inner`` (an lm-eval LM) with every batch of requests split between the ranks of ``parallel``.
+
+    lm-eval builds and scores every item on every rank as one process would (contexts, few-shot
+    draws, filters, metrics): only the model calls are divided. Each call's requests go round-robin
+    to the ranks, each rank runs its share on its own copy of the model, and every rank gets all the
+    responses back in request order (:func:`~.distributed.run_sharded`, which also checks that the
+    ranks hold the same requests and makes a model one rank finds broken unusable on all). So every
+    rank returns the single-process per-item results, to float rounding (a share is batched with
+    different neighbours), for 1/world_size of the model time.
+
+    lm-eval's own data parallelism (rank and world size from ``accelerate``) splits documents
+    instead, which changes which few-shot examples each document draws, and gathers the results
+    to rank 0 only.
+    """
+    from lm_eval.api.model import LM
+
+    from .distributed import run_sharded
+
+    class ShardedLM(LM):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()  # rank 0 of 1, as far as lm-eval knows: every rank runs the whole evaluation
+
+        def __getattr__(self, name: str) -> Any:  # batch_sizes, get_model_info, MULTIMODAL, ...
+            return getattr(inner, name)
+
+        @property
+        def device(self) -> Any:
+            return inner.device
+
+        @property
+        def tokenizer_name(self) -> str:
+            return str(inner.tokenizer_name)
+
+        def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
+            return inner.apply_chat_template(*args, **kwargs)
+
+        def chat_template(self, *args: Any, **kwargs: Any) -> Any:
+            return inner.chat_template(*args, **kwargs)
+
+        def _shard(self, kind: str, requests: list[Any], **kwargs: Any) -> list[Any]:
+            digest = hashlib.sha256(repr([r.args for r in requests]).encode()).hexdigest()
+            return run_sharded(
+                parallel,
+                f"lm-eval {kind} on {handle.role} {handle.label} ({len(requests)} requests)",
+                len(requests),
+                digest,
+                lambda positions: list(getattr(inner, kind)([requests[i] for i in positions], **kwargs)),
+                models={handle.role: handle},
+            )
+
+        def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+            return self._shard("loglikelihood", requests, disable_tqdm=disable_tqdm)
+
+        def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+            return self._shard("loglikelihood_rolling", requests, disable_tqdm=disable_tqdm)
+
+        def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+            return self._shard("generate_until", requests, disable_tqdm=disable_tqdm)
+
+    return ShardedLM()
+
+
 def _lm(handle: "ModelHandle", batch_size: int, seed: int, backend: str, warn: Callable[[str], None]) -> Any:
     """lm-eval's model object for ``handle``: HFLM on the loaded module, or VLLM when asked and available."""
     if backend not in BACKENDS:
@@ -509,8 +595,13 @@ def run_lm_eval(
     apply_chat_template: bool = False,
     backend: str = "hf",
     warn: Callable[[str], None] | None = None,
+    parallel: "DataParallel | None" = None,
 ) -> dict[str, TaskRun]:
-    """Evaluate ``handle`` on the given Task objects with lm-eval, samples logged."""
+    """Evaluate ``handle`` on the given Task objects with lm-eval, samples logged.
+
+    With ``parallel`` (a ``torchrun`` launch) the HF backend's model calls are split between the
+    ranks (:func:`_sharded_lm`); vLLM runs whole on every rank (it is one engine per process).
+    """
     from lm_eval import simple_evaluate
 
     handle.load()  # its own progress line, before lm-eval's
@@ -520,10 +611,13 @@ def run_lm_eval(
         handle.active(),
         _quiet_lm_eval(),
         _without_environment_report(),
+        _every_rank_gets_results(),
         progress.third_party_quiet(),
         finite_logits(handle),
     ):
         lm = _lm(handle, batch_size, seed, backend, warn or (lambda message: None))
+        if parallel is not None and effective_backend(handle, backend) == "hf":
+            lm = _sharded_lm(lm, parallel, handle)
         res = simple_evaluate(
             model=lm,
             tasks=list(tasks.values()),
@@ -637,12 +731,16 @@ def evaluate(
     settings: dict[str, Any] | None = None,
     backend: str = "hf",
     warn: Callable[[str], None] | None = None,
+    parallel: "DataParallel | None" = None,
 ) -> dict[str, TaskRun]:
     """Per-item results of ``handle`` on tasks; served from ``cache`` when the key matches.
 
     ``backend``: ``hf`` (lm-eval's HFLM on the loaded model) or ``vllm``
     (lm-eval's vLLM backend; falls back to ``hf`` with a warning when vLLM is
-    not installed or the device is not CUDA).
+    not installed or the device is not CUDA). ``parallel``: the ranks of a
+    ``torchrun`` launch share the model calls (:func:`run_lm_eval`); a task is
+    served from the cache only where every rank has it, so that the ranks make
+    the same calls.
     """
     if backend not in BACKENDS:
         raise RetentionError(f"unknown retention backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -656,11 +754,18 @@ def evaluate(
             hit = cache.load(CACHE_NAMESPACE, keys[name], validate=functools.partial(invalid_task_run, task=name))
             if hit is not None:
                 runs[name] = TaskRun.from_json(hit)
+    if parallel is not None:
+        # A rank's cache may differ (one cache directory per node, an entry written a moment ago):
+        # a task any rank lacks is evaluated by all, or the ranks' model calls would not pair up.
+        held = parallel.exchange(f"lm-eval cache of {handle.role} for {', '.join(tasks)}", lambda: sorted(runs),
+                                 device="cpu")  # fmt: skip
+        runs = {n: r for n, r in runs.items() if all(n in h for h in held)}
     todo = {n: t for n, t in tasks.items() if n not in runs}
     if todo:
         fresh = run_lm_eval(
-            handle, tm, todo, num_fewshot, limit, batch_size, seed, apply_chat_template, backend=backend, warn=warn
-        )
+            handle, tm, todo, num_fewshot, limit, batch_size, seed, apply_chat_template, backend=backend, warn=warn,
+            parallel=parallel,
+        )  # fmt: skip
         for name, run in fresh.items():
             runs[name] = run
             if cache is not None:

@@ -219,7 +219,8 @@ class RetentionChecks(PairChecks):
         names = [task] if isinstance(task, str) else list(task)
         base_runs = evaluate(
             self.base, names, cache=self.cache, settings={"dtype": self.base.dtype, "device": self.base.device_class},
-            seed=self.seed, warn=self._warn, **{k: v for k, v in options.items() if k not in ("metric", "filter")},
+            seed=self.seed, warn=self._warn, parallel=self.parallel,
+            **{k: v for k, v in options.items() if k not in ("metric", "filter")},
         )  # fmt: skip
         # The base against itself: its score, metric, filter and direction, as a measured check would see them.
         base = compare(base_runs, base_runs, metric=options.get("metric"), filter_=options.get("filter"),
@@ -275,6 +276,7 @@ class RetentionChecks(PairChecks):
             apply_chat_template=apply_chat_template,
             backend=backend,
             warn=self._warn,
+            parallel=self.parallel,
         )
         settings = {"dtype": self.base.dtype, "device": self.base.device_class}
         misses = self.cache.misses if self.cache is not None else 0

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from lmeval_tasks import write_tasks
 
 # Every test launches torchrun with two processes.
 pytestmark = pytest.mark.slow
@@ -63,6 +64,40 @@ def pytest_forgetguard_load_model(spec, device, dtype):
         return output.masked_fill((args[0] == poison).unsqueeze(-1), float("nan"))
 
     model.get_input_embeddings().register_forward_hook(nan_at_poison)
+    return model, tok
+"""
+
+# Retention on every lm-eval request type: loglikelihood (multiple choice), loglikelihood_rolling
+# (perplexity) and generate_until. The allowance is huge: what is compared is the numbers, not a verdict.
+RETENTION_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("task, metric", [("tiny_mc", "acc"), ("tiny_ppl", "word_perplexity"),
+                                          ("tiny_gen", "exact_match")])
+def test_retained(forgetguard, task, metric):
+    forgetguard.assert_retained(task, metric=metric, include_path="tasks", max_drop=1e30, name=task)
+"""
+
+# Counts the rows each process's models run (a forward pre-hook on the whole model), written at exit:
+# the proof that the ranks split the model calls rather than each doing all of them.
+COUNTING_CONFTEST = """
+import atexit, os
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROWS = [0]
+atexit.register(lambda: open(f"rows-{os.environ.get('RANK', 'single')}.txt", "w").write(str(ROWS[0])))
+
+def pytest_forgetguard_load_model(spec, device, dtype):
+    if not spec.startswith("counted://"):
+        return None
+    path = spec.split("://", 1)[1]
+    model, tok = AutoModelForCausalLM.from_pretrained(path).to(device), AutoTokenizer.from_pretrained(path)
+
+    def count(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        ROWS[0] += int(ids.shape[0]) * int(ids.shape[1])
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
     return model, tok
 """
 
@@ -139,6 +174,61 @@ def test_two_ranks_report_what_one_process_reports(project, tiny):
         for key in ("n_tokens", "kl_forward_mean", "kl_reverse_mean", "top1_agreement"):
             if key in a["details"]:
                 assert b["details"][key] == pytest.approx(a["details"][key], abs=1e-6), (a["name"], key)
+
+
+def test_retention_splits_the_model_calls_and_every_rank_gets_the_single_process_numbers(project, tiny):
+    project.makeconftest(COUNTING_CONFTEST)
+    write_tasks(project.path / "tasks")
+    project.makepyfile(test_retention=RETENTION_TESTS)
+    args = ["--forgetguard", "--fg-device", "cpu", "--fg-no-cache", "--fg-no-history"]
+    args += ["--fg-base", f"counted://{tiny['base']}", "--fg-candidate", f"counted://{tiny['candidate']}"]
+    single = project.runpytest_subprocess(*args, "--fg-report-json", "single.json", "-rA")
+    single.assert_outcomes(passed=3)
+
+    ranks = torchrun(project, *args, "--fg-report-json", "dist.json")
+
+    expected = outcomes(single.stdout.str())
+    assert len(expected) == 3 and outcomes(ranks[0]) == outcomes(ranks[1]) == expected
+    one, two = (json.loads(project.path.joinpath(f).read_text())["checks"] for f in ("single.json", "dist.json"))
+    assert [c["name"] for c in two] == ["tiny_mc", "tiny_ppl", "tiny_gen"]
+    for a, b in zip(one, two):
+        # Item by item the same (the pairing, the counts of lost and gained items), to float rounding:
+        # a rank's share of the requests is batched with other neighbours than in one process.
+        assert (b["n"], b["details"].get("lost"), b["details"].get("gained")) == (
+            a["n"], a["details"].get("lost"), a["details"].get("gained"))  # fmt: skip
+        for key in ("value", "ci_low", "ci_high", "base_value", "candidate_value"):
+            if a.get(key) is not None:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["name"], key)
+    # The work is split: each rank ran about half of the rows one process ran (both models, all tasks).
+    rows = {name: int(project.path.joinpath(f"rows-{name}.txt").read_text()) for name in ("single", "0", "1")}
+    assert rows["single"] > 0
+    for rank in ("0", "1"):
+        assert 0.3 * rows["single"] < rows[rank] < 0.7 * rows["single"], rows
+
+
+def test_a_nan_in_one_ranks_share_of_lm_eval_requests_fails_both_ranks(project, tiny):
+    # lm-eval starts every perplexity window with the BOS token (<|im_start|> for the tiny models) and
+    # pads with token 0 (<|endoftext|>): poison a plain byte token that only document 1 holds.
+    project.makeconftest(CONFTEST.replace("<|im_start|>", "~"))
+    tasks = write_tasks(project.path / "tasks")
+    texts = [f"The {w} statement is described in the reference." for w in ("for", "~", "while", "try")]
+    tasks.joinpath("ppl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    project.makepyfile(
+        test_nan="""
+        def test_ppl(forgetguard):
+            forgetguard.assert_retained("tiny_ppl", include_path="tasks", max_drop=1e30, name="nan-ppl")
+
+        def test_after(forgetguard):
+            forgetguard.assert_retained("tiny_mc", include_path="tasks", max_drop=1.0, name="after")
+        """
+    )
+    ranks = torchrun(project, *models(tiny, f"poisoned://{Path(tiny['candidate'])}"), "--fg-no-cache")
+
+    for rank in (0, 1):  # an error on both ranks, no hang, and the candidate unusable on both afterwards
+        assert outcomes(ranks[rank]) == {"test_nan.py::test_ppl": "FAILED", "test_nan.py::test_after": "FAILED"}
+        assert "failed in check 'nan-ppl'; a model that failed a check is never used again" in ranks[rank]
+    assert "NonFiniteError: rank 1 of 2: candidate" in ranks[0]
+    assert "NonFiniteError: candidate" in ranks[1]
 
 
 def test_a_failure_in_one_ranks_shard_fails_both_ranks(project, tiny):
