@@ -52,8 +52,9 @@ COLORS = {"sft": "tab:blue", "rl": "tab:red"}
 Z95 = 1.959964
 
 
-def load(results: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.name != "summary.json"]
+def load(quick: bool = False) -> list[dict[str, Any]]:
+    """The first task's sweep at seed 0, in sweep order (the seeds and the second task are analysed apart)."""
+    rows = [json.loads(p.read_text()) for p in common.measured(quick)]
     order: dict[str, int] = {}
     for i, run in enumerate(common.SWEEP + common.QUICK_SWEEP):
         order.setdefault(run.config, i)  # sweep order; a quick run of the same name keeps the sweep's place
@@ -208,7 +209,7 @@ def main() -> None:
     ap.add_argument("--copy-adapters", action="store_true", help="copy the demo pair to adapters/{sft,rl}/")
     args = ap.parse_args()
     results = common.results_dir(args.quick)
-    rows = load(results)
+    rows = load(args.quick)
     if not rows:
         raise SystemExit(f"no measured candidates in {results}: run evaluate.py first")
     (results / "table.md").write_text(table(rows))

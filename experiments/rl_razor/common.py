@@ -102,6 +102,19 @@ def sweep(quick: bool, seed: int = 0, task: str = "arith") -> tuple[Run, ...]:
 TASKS = {"arith": "newtask", "json": "jsontask"}
 
 
+def measured(quick: bool = False, task: str = "arith", seeds: tuple[int, ...] | None = (0,)) -> list[Path]:
+    """The result files of ``task``'s candidates trained with ``seeds`` (None: every seed), by name.
+
+    Rows measured before the second task and the seeds carry neither field: the first task, seed 0.
+    """
+    out = []
+    for path in sorted(results_dir(quick).glob("*-s*.json")):
+        row = json.loads(path.read_text())
+        if row.get("task", "arith") == task and (seeds is None or row.get("seed", 0) in seeds):
+            out.append(path)
+    return out
+
+
 def task_module(task: str) -> Any:
     """The module of ``task`` (newtask.py or jsontask.py)."""
     import importlib

@@ -76,7 +76,7 @@ def leave_one_out(points: list[tuple[float, float, str]], allowance: float | Non
 
 def _four_probe_points() -> list[tuple[float, float, str]]:
     out = []
-    for path in sorted(common.results_dir(quick=False).glob("*-s*.json")):
+    for path in common.measured():
         row = json.loads(path.read_text())
         out.append((row["kl_forward"]["per_token"], row["forgetting"]["mean_relative_drop"], row["candidate"]))
     return out

@@ -191,7 +191,9 @@ def main() -> None:
     committed = {name: common.HERE / "adapters" / kind for kind, name in common.DEMO.items()}
     history = History(args.history)
     added = 0
-    results = sorted(common.results_dir(quick=False).glob("*-s*.json"))
+    # The first task's candidates, seed 0: the measurements the example suites' checks and the demo's
+    # budget come from (the second task has other KL prompts, so other series).
+    results = common.measured()
     for path in results:
         row = json.loads(path.read_text())
         name = row["candidate"]

@@ -6,6 +6,7 @@ and the shared-prompt sampling/log-prob code against a plain full forward pass o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # The experiment's scripts import each other by module name: pyproject's `pythonpath` puts
@@ -101,7 +102,7 @@ def test_json_task_split_data_and_demonstrations() -> None:
     reward = jsontask.load_reward().reward
     assert all(reward(jsontask.demonstration(d), d) == 1.0 for d in heldout + train)
     # The demonstrations are right but not in the base's compact style: SFT data someone else wrote.
-    assert jsontask.demonstration(heldout[0]) != '{"city": "%s"}' % heldout[0]["city"]
+    assert jsontask.demonstration(heldout[0]) != json.dumps({"city": heldout[0]["city"]})
 
 
 def test_runs_are_named_by_task_method_rate_and_seed() -> None:
@@ -234,7 +235,7 @@ def test_committed_demo_adapters_are_the_measured_pair() -> None:
     import common
     from safetensors import safe_open
 
-    sft, rl = analyze.demo_pair(analyze.load(common.results_dir(quick=False)))
+    sft, rl = analyze.demo_pair(analyze.load())
     assert (sft["method"], rl["method"]) == ("sft", "rl")
     assert sft["new_task"]["accuracy"] > sft["new_task"]["base_accuracy"] + 0.1  # both learned the task
     assert rl["new_task"]["accuracy"] > rl["new_task"]["base_accuracy"] + 0.1
