@@ -110,6 +110,10 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         self.base_spec = base
         self.base_device = base_device
         self._tokenizer = tokenizer
+        if trajectory not in (None, True, False) and Path(str(trajectory)).is_dir():
+            raise ValueError(
+                f"trajectory {str(trajectory)!r} is a directory: name a file (e.g. {Path(str(trajectory)) / TRAJECTORY_FILE})"
+            )
         self._trajectory_option = trajectory
         self.trajectory: Path | None = None
         self.history: list[dict[str, Any]] = []  # one entry per evaluation: step, seconds, checks' records

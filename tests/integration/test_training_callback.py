@@ -251,6 +251,8 @@ def test_bad_setups_fail_before_training_with_the_plugins_messages(tiny, tmp_pat
         ForgetguardCallback(suite(), checks=["keeps-mc"])
     with pytest.raises(ValueError, match="every_n_steps must be a positive integer"):
         ForgetguardCallback(suite(), every_n_steps=0)
+    with pytest.raises(ValueError, match="trajectory '.*' is a directory: name a file"):
+        ForgetguardCallback(suite(), trajectory=tmp_path)
     model, tok = _model(tiny, peft=False)
     with pytest.raises(ForgetguardError, match="a full fine-tune needs its base"):
         ForgetguardCallback(suite()).setup(model, tok)
