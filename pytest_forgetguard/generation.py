@@ -110,6 +110,10 @@ class _RowSampler:
             )
         return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
 
+    def select(self, rows: list[int]) -> None:
+        """Keep the generators of these rows only (the batch dropped the others)."""
+        self.generators = [self.generators[i] for i in rows]
+
 
 def forward_names(model: Any) -> tuple[str, dict[str, int]]:
     """The KV-cache argument's name, and the "last position's logits only" option, of ``model.forward``.
@@ -199,6 +203,7 @@ def sample_responses(
             )
             responses: list[list[int]] = [[] for _ in rows]
             done = [False] * len(rows)
+            live = list(range(len(rows)))  # the batch's rows, as indexes into ``rows``
             past = None
             step_ids, step_pos = ids, positions
             for _ in range(max_new_tokens):
@@ -213,17 +218,27 @@ def sample_responses(
                 # The output field carries the same name as the argument.
                 past = getattr(result, cache_name)
                 choice = sampler(result.logits[:, -1, :])
-                for r, t in enumerate(choice.tolist()):
-                    if not done[r]:
+                for r, t in zip(live, choice.tolist()):
+                    if not done[r]:  # a row kept decoding after its EOS (see below): its tokens are discarded
                         responses[r].append(t)
                         done[r] = t in eos
-                if all(done):
+                going = [k for k, r in enumerate(live) if not done[r]]
+                if not going:
                     break
-                # A finished row keeps decoding (its tokens are discarded): rows never
-                # influence each other, and a fixed batch shape keeps the cache simple.
                 ids = torch.cat([ids, choice.view(-1, 1).to(dev)], dim=1)
                 positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+                mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+                if len(going) < len(live) and (past is None or hasattr(past, "batch_select_indices")):
+                    # Finished rows leave the batch (their KV cache too): with long limits most decode
+                    # steps were spent on them. Rows never influence each other, and each keeps its
+                    # own generator, so the others draw the same tokens.
+                    index = torch.tensor(going, device=dev)
+                    if past is not None:
+                        past.batch_select_indices(index)
+                    ids, positions, mask = ids[index], positions[index], mask[index]
+                    sampler.select(going)
+                    live = [live[k] for k in going]
+                # (A cache that cannot drop rows keeps them decoding; their tokens are discarded.)
                 if past is None:
                     # A model that keeps no KV cache sees the whole sequence again: slow, still exact.
                     step_ids, step_pos = ids, positions

@@ -130,6 +130,34 @@ def test_responses_end_at_any_eos_or_the_limit(tiny):
     assert len(stopped[0]) <= 4
 
 
+def test_finished_rows_leave_the_batch_and_the_others_draw_the_same_tokens(tiny):
+    """Rows ending at different steps are dropped from the batch (KV cache included); what is left is
+    still token for token the unbatched, uncached reference's draws."""
+    base = ModelStore(device="cpu", dtype="float32").get(str(tiny["base"]), role="base")
+    prompts = encoded(base)
+    free = sample_responses(base, prompts, max_new_tokens=12, seed=5)
+    # Three frequent tokens end a response too: rows finish anywhere between step 1 and 12.
+    counts: dict[int, int] = {}
+    for r in free:
+        for t in r[:6]:
+            counts[t] = counts.get(t, 0) + 1
+    stops = sorted(counts, key=counts.get, reverse=True)[:3]
+    base.raw_model.generation_config.eos_token_id = [base.tokenizer.eos_token_id, *stops]
+    rows = []
+    hook = base.raw_model.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        got = sample_responses(base, prompts, max_new_tokens=12, seed=5, batch_size=len(prompts))
+    finally:
+        hook.remove()
+    lengths = sorted({len(r) for r in got})
+    assert len(lengths) >= 3, f"rows should end at several steps, got lengths {lengths}"
+    assert got == reference_samples(tiny["base"], prompts, 12, 5, {base.tokenizer.eos_token_id, *stops})
+    # One call per step; each call runs only the rows still going (the first: all of them).
+    assert rows == [sum(len(r) > step for r in got) for step in range(len(rows))]
+
+
 def test_checkpoint_generation_settings_do_not_change_the_distribution(tiny):
     """generate() would apply a shipped repetition penalty; the KL estimate needs the model's own distribution."""
     plain = ModelStore(device="cpu", dtype="float32").get(str(tiny["base"]), role="base")
