@@ -1,17 +1,21 @@
 """Record the experiment's measurements in a forgetguard run history: one run per measured candidate.
 
-    python experiments/rl_razor/to_history.py --base SmolLM2-135M-Instruct.Q4_1.gguf --history history.sqlite
+    python experiments/rl_razor/to_history.py --base SmolLM2-135M-Instruct.Q4_1.gguf --history history.sqlite \
+        [--task arith|json|all] [--seed 0 --seed 1 ... | --all-seeds]
 
 Each results/<candidate>.json (measured by evaluate.py with forgetguard's API) becomes one run whose
 checks carry the measured numbers under the names and series the example suites use:
 
 - ``arith-kl``: forward KL on the 64 held-out chat prompts (data/kl_prompts.jsonl), sampled from the
-  base, 32 new tokens, seed 1234 (evaluate.py's settings);
+  base, 32 new tokens, seed 1234 (evaluate.py's settings); the second task's candidates (``--task
+  json``) carry ``json-kl`` instead, on its own KL prompts (data/json_kl_prompts.jsonl): another
+  series, so the plugin calibrates each task apart;
 - ``code-perplexity`` and ``prose-perplexity``: the bits-per-byte drop on fg_code_ppl and fg_prose_ppl;
 - ``facts``: fg_capitals and fg_elements pooled (302 right/wrong items: the pooled drop is exactly
   (lost - gained) / 302 from each probe's paired counts).
 
-Every number is a measurement; nothing here is estimated or made up. The series are computed the way
+By default only the first task's seed-0 candidates are recorded (the demo's history); ``--task`` and
+``--seed``/``--all-seeds`` add the others (transfer.py's history). Every number is a measurement; nothing here is estimated or made up. The series are computed the way
 the plugin computes them (from the prompts' token ids, the tasks' configurations and data, and the
 base's content), so a suite run on the same base with the same checks lands in the same series and
 its forecasts are calibrated on these candidates. A candidate whose adapter is committed
@@ -33,30 +37,35 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import newtask  # noqa: E402
 
 SEED = 1234  # evaluate.py's Forgetguard(seed=1234)
 RUN_NAMESPACE = uuid.UUID("5f0c1f5e-6c2a-4d49-9a39-1d7f0c5e0b2a")
 
 
+KL_CHECK = {"arith": "arith-kl", "json": "json-kl"}  # each task's KL check, by task
+
+
 def _series(base: Any) -> dict[str, str]:
-    """The series of the four checks, computed by the plugin's own functions for this base."""
+    """The series of the checks (both tasks' KL checks), computed by the plugin's own functions for this base."""
     from pytest_forgetguard.checks.kl import kl_series
     from pytest_forgetguard.lmeval import series_key
     from pytest_forgetguard.models import embedding_rows
     from pytest_forgetguard.prompts import encode_prompt, load_prompts
 
     tok = base.tokenizer
-    prompt_ids = [encode_prompt(tok, r) for r in load_prompts(newtask.KL_PROMPTS)]
     settings = {"dtype": base.dtype, "device": base.device_class}
+
+    def kl(task: str) -> str:
+        prompt_ids = [encode_prompt(tok, r) for r in load_prompts(common.task_module(task).KL_PROMPTS)]
+        return kl_series(
+            base, prompt_ids, None, "forward", "base", common.MAX_NEW_TOKENS, 1.0, SEED, embedding_rows(base)
+        )
 
     def retention(tasks: list[str], metric: str) -> str:
         return series_key(base, tasks, None, None, None, SEED, False, "hf", settings, metric, None)
 
     return {
-        "arith-kl": kl_series(
-            base, prompt_ids, None, "forward", "base", common.MAX_NEW_TOKENS, 1.0, SEED, embedding_rows(base)
-        ),  # fmt: skip
+        **{check: kl(task) for task, check in KL_CHECK.items()},
         "code-perplexity": retention(["fg_code_ppl"], "bits_per_byte"),
         "prose-perplexity": retention(["fg_prose_ppl"], "bits_per_byte"),
         "facts": retention(["fg_capitals", "fg_elements"], "acc"),
@@ -104,7 +113,7 @@ def _records(
     kl = row["kl_forward"]
     out = [
         rec(
-            name="arith-kl",
+            name=KL_CHECK[row.get("task", "arith")],
             kind="kl",
             metric="kl_forward_mean",
             value=kl["per_token"],
@@ -177,6 +186,9 @@ def main() -> None:
     ap.add_argument("--base", required=True, help="the base model SPEC the experiment measured against")
     ap.add_argument("--history", required=True, type=Path, help="the run history to add the runs to")
     ap.add_argument("--cache-dir", type=Path, default=None, help="forgetguard's cache (converted GGUF files)")
+    ap.add_argument("--task", default="arith", choices=[*common.TASKS, "all"], help="whose candidates (default arith)")
+    ap.add_argument("--seed", type=int, action="append", help="training seeds to record (repeatable; default 0)")
+    ap.add_argument("--all-seeds", action="store_true", help="every seed measured")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pytest_forgetguard.history import History, Run
@@ -191,9 +203,11 @@ def main() -> None:
     committed = {name: common.HERE / "adapters" / kind for kind, name in common.DEMO.items()}
     history = History(args.history)
     added = 0
-    # The first task's candidates, seed 0: the measurements the example suites' checks and the demo's
-    # budget come from (the second task has other KL prompts, so other series).
-    results = common.measured()
+    # By default the first task's candidates, seed 0: the measurements the example suites' checks and the
+    # demo's budget come from.
+    seeds = None if args.all_seeds else tuple(args.seed or [0])
+    tasks = list(common.TASKS) if args.task == "all" else [args.task]
+    results = [p for t in tasks for p in common.measured(task=t, seeds=seeds)]
     for path in results:
         row = json.loads(path.read_text())
         name = row["candidate"]

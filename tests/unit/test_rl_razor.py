@@ -279,3 +279,30 @@ def test_the_callbacks_committed_trajectories_agree_with_the_measured_candidates
         assert lines[0]["step"] == 0 and lines[0]["checks"]["arith-kl"]["value"] == 0.0  # LoRA starts at B = 0
         assert all(e["within_budget"] == (e["checks"]["arith-kl"]["value"] <= 0.66) for e in lines)
         assert meta["train_steps"] == max(run.save_at)
+
+
+def test_the_hierarchical_bootstrap_resamples_configs_then_seeds_keeping_checkpoints_together() -> None:
+    """transfer.py's CI: configurations resampled within each task, then seeds within each configuration,
+    each seed with all its checkpoints -- never a checkpoint alone, never a task missing."""
+    import transfer
+
+    rows = [
+        {"task": t, "config": f"{t}/{m}", "seed": s, "step": k, "id": f"{t}/{m}/{s}/{k}"}
+        for t in ("arith", "json") for m in ("sft", "rl") for s in (0, 1, 2) for k in (1, 2)
+    ]  # fmt: skip
+    seen: list[list[dict]] = []
+
+    def stat(sample: list[dict]) -> float:
+        seen.append(sample)
+        return float(len(sample))
+
+    lo, hi = transfer.hierarchical_boot(rows, stat, n_boot=200)
+    assert lo == hi == len(rows)  # every draw has as many configs, seeds and checkpoints as the data
+    for sample in seen:
+        assert {r["task"] for r in sample} == {"arith", "json"}
+        units: dict[tuple, list[int]] = {}
+        for r in sample:
+            units.setdefault((r["config"], r["seed"]), []).append(r["step"])
+        assert all(steps.count(1) == steps.count(2) for steps in units.values())  # a seed's checkpoints together
+    # Draws differ: some repeat a configuration, so some configuration is missing from some draw.
+    assert any(len({r["config"] for r in s}) < 4 for s in seen)
