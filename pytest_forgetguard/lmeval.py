@@ -494,10 +494,6 @@ def vllm_arguments(handle: "ModelHandle", batch_size: int, seed: int) -> dict[st
     return args
 
 
-# lm-eval's request types: the methods of its LM interface that run the model.
-REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
-
-
 def _sharded_lm(inner: Any, parallel: "DataParallel", handle: "ModelLike") -> Any:
     """``inner`` (an lm-eval LM) with every batch of requests split between the ranks of ``parallel``.
 
