@@ -135,11 +135,20 @@ if not repeat_base:
 """
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+PEAK: dict[str, list[float]] = {}  # arm -> peak RSS of its process, MiB (GNU time's %M)
+
+
+def timed(cmd: list[str], cwd: Path, arm: str = "") -> tuple[float, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    rss = cwd / ".peak_rss"
+    if arm and shutil.which("time") and Path("/usr/bin/time").exists():
+        cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss), *cmd]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
+    if arm and rss.exists():
+        PEAK.setdefault(arm, []).append(int(rss.read_text().split()[-1]) / 1024)
+        rss.unlink()
     if proc.returncode != 0:
         raise SystemExit(
             f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -147,19 +156,25 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
     return wall, proc.stdout
 
 
-def gate(work: Path, base: str, cands: list[Path], extra: list[str], report: str) -> tuple[float, list[float]]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--forgetguard", "--fg-base", base,
+def gate(
+    work: Path, base: str, cands: list[Path], extra: list[str], report: str, arm: str = ""
+) -> tuple[float, list[float]]:
+    # The suite file by name: pytest would also collect the sampled arm's suite in its subfolder.
+    suite = next(work.glob("forgetguard_*.yaml")).name
+    cmd = [sys.executable, "-m", "pytest", suite, "-q", "-p", "no:cacheprovider", "--forgetguard", "--fg-base", base,
            "--fg-device", "cpu", "--fg-no-history", "--fg-report-json", report, *extra]  # fmt: skip
     for c in cands:
         cmd += ["--fg-candidate", str(c)]
-    wall, _ = timed(cmd, work)
+    wall, _ = timed(cmd, work, arm)
     checks = json.loads((work / report).read_text())["checks"]
     return wall, [c["value"] for c in checks]
 
 
-def floor(work: Path, base: str, cands: list[Path], repeat_base: bool, seqs: str = "sweep.jsonl") -> float:
+def floor(
+    work: Path, base: str, cands: list[Path], repeat_base: bool, seqs: str = "sweep.jsonl", arm: str = ""
+) -> float:
     code = [sys.executable, "-c", FLOOR, base, ",".join(map(str, cands)), "1" if repeat_base else "0", seqs]
-    return timed(code, work)[0]
+    return timed(code, work, arm)[0]
 
 
 def sampled(work: Path, base: str, cand: Path, max_new: int, rounds: int) -> dict[str, list[float]]:
@@ -187,6 +202,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/fg-base-sweep")
     ap.add_argument("--arms", nargs="+", default=["sweep", "sampled"], choices=["sweep", "sampled"])
     ap.add_argument("--max-new-tokens", type=int, default=128, help="the sampled arm's response length")
+    ap.add_argument("--no-2n", action="store_true", help="skip the 2N-pass floors (the before)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -205,11 +221,13 @@ def main() -> None:
     values: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for n in args.n:
-            wall, vals = gate(work, args.base, cands[:n], ["--fg-no-cache"], f"gate{n}.json")
+            wall, vals = gate(work, args.base, cands[:n], ["--fg-no-cache"], f"gate{n}.json", f"gate {n}")
             rows.setdefault(f"gate {n}", []).append(wall)
             values[f"gate {n}"] = vals
-            rows.setdefault(f"floor {n + 1} passes", []).append(floor(work, args.base, cands[:n], False))
-            if n > 1:
+            rows.setdefault(f"floor {n + 1} passes", []).append(
+                floor(work, args.base, cands[:n], False, arm=f"floor {n + 1} passes")
+            )
+            if n > 1 and not args.no_2n:
                 rows.setdefault(f"floor {2 * n} passes", []).append(floor(work, args.base, cands[:n], True))
         cache = work / "cache"
         shutil.rmtree(cache, ignore_errors=True)
@@ -221,10 +239,11 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"{args.prompts} sequences x {args.tokens} tokens, rounds {args.rounds}, one thread per process")
     for k, v in rows.items():
-        print(f"  {k:24s} {med[k]:7.1f} s (range {min(v):.1f}-{max(v):.1f})")
+        peak = f", peak RSS {statistics.median(PEAK[k]):.0f} MiB" if k in PEAK else ""
+        print(f"  {k:24s} {med[k]:7.1f} s (range {min(v):.1f}-{max(v):.1f}){peak}")
     for n in args.n:
         line = f"  N = {n}: gate / (N+1)-pass floor {med[f'gate {n}'] / med[f'floor {n + 1} passes']:.2f}"
-        if n > 1:
+        if f"floor {2 * n} passes" in med:
             line += f"; gate / 2N-pass floor {med[f'gate {n}'] / med[f'floor {2 * n} passes']:.2f}"
         print(line)
     print(f"  warm rerun / 2-pass floor {med['gate 1, cache warm'] / med['floor 2 passes']:.2f}; "
