@@ -200,6 +200,8 @@ def forecasts(history: Path, rows: list[dict[str, Any]], coverage: float) -> dic
     allowance: dict[str, float | None] = {}
     for pair in pairs:
         pts = [(p.kl, p.drop, by_kl[p.kl]) for p in pair.points if p.kl in by_kl]
+        if not pts:  # a pair of other runs in the same history (a suite's own runs): not this experiment's
+            continue
         task = pts[0][2]["task"]
         per[(task, pair.retention_check)] = pts
         allowance[pair.retention_check] = pair.allowance
