@@ -22,11 +22,14 @@ prompts (new-task accuracy; the first 64 are the KL prompts) and 200 training pr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import newtask  # noqa: E402  (the first task's data writer and reward loader)
 
 HERE = Path(__file__).resolve().parent
 TASK = "rlr_json"  # the lm-eval task
@@ -94,27 +97,12 @@ def demonstration(doc: dict[str, Any]) -> str:
 
 def write_data() -> None:
     """Write the lm-eval docs, the KL prompts and the training set (deterministic)."""
-    heldout, train = split()
-    KL_PROMPTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(TASK_DATA, "w") as f:
-        for doc in heldout:
-            f.write(json.dumps(doc) + "\n")
-    with open(KL_PROMPTS, "w") as f:
-        for doc in heldout[:N_KL_PROMPTS]:
-            f.write(json.dumps({"messages": messages(doc), "response": demonstration(doc)}) + "\n")
-    with open(TRAIN_DATA, "w") as f:
-        for doc in train:
-            f.write(json.dumps({**doc, "response": demonstration(doc)}) + "\n")
-    print(f"wrote {TASK_DATA} ({len(heldout)}), {KL_PROMPTS} ({N_KL_PROMPTS}), {TRAIN_DATA} ({len(train)})")
+    newtask.write_data(sys.modules[__name__])
 
 
 def load_reward() -> Any:
     """tasks/rlr_json_reward.py, imported by path as lm-eval does (one rule for training and eval)."""
-    spec = importlib.util.spec_from_file_location("rlr_json_reward", REWARD_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return newtask.load_reward(REWARD_FILE)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,30 +76,33 @@ def demonstration(doc: dict[str, Any]) -> str:
     return f"The answer is {doc['answer']}."
 
 
-def write_data() -> None:
-    """Write the lm-eval docs, the KL prompts and the training set (deterministic)."""
-    heldout, train = split()
-    KL_PROMPTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(TASK_DATA, "w") as f:
+def write_data(task: Any = None) -> None:
+    """Write a task's lm-eval docs, KL prompts and training set (deterministic); ``task``: its module
+    (default this one; jsontask.py writes its files through this too)."""
+    t = task or sys.modules[__name__]
+    heldout, train = t.split()
+    t.KL_PROMPTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(t.TASK_DATA, "w") as f:
         for doc in heldout:
             f.write(json.dumps(doc) + "\n")
-    with open(KL_PROMPTS, "w") as f:
-        for doc in heldout[:N_KL_PROMPTS]:
+    with open(t.KL_PROMPTS, "w") as f:
+        for doc in heldout[: t.N_KL_PROMPTS]:
             # response: the demonstration, for teacher-forced KL (sample_from: dataset) if wanted
-            f.write(json.dumps({"messages": messages(doc), "response": demonstration(doc)}) + "\n")
-    with open(TRAIN_DATA, "w") as f:
+            f.write(json.dumps({"messages": t.messages(doc), "response": t.demonstration(doc)}) + "\n")
+    with open(t.TRAIN_DATA, "w") as f:
         for doc in train:
-            f.write(json.dumps({**doc, "response": demonstration(doc)}) + "\n")
-    print(f"wrote {TASK_DATA} ({len(heldout)}), {KL_PROMPTS} ({N_KL_PROMPTS}), {TRAIN_DATA} ({len(train)})")
+            f.write(json.dumps({**doc, "response": t.demonstration(doc)}) + "\n")
+    print(f"wrote {t.TASK_DATA} ({len(heldout)}), {t.KL_PROMPTS} ({t.N_KL_PROMPTS}), {t.TRAIN_DATA} ({len(train)})")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def load_reward() -> Any:
-    """tasks/rlr_reward.py, imported by path as lm-eval does (the same code scores training and eval)."""
-    spec = importlib.util.spec_from_file_location("rlr_reward", REWARD_FILE)
+def load_reward(path: Path = REWARD_FILE) -> Any:
+    """A reward file (default tasks/rlr_reward.py), imported by path as lm-eval does: the same code
+    scores training and evaluation."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
