@@ -8,12 +8,20 @@
 #
 #   bash experiments/rl_razor/run.sh           # the full sweep: 1-1.5 h of one core (training ~35 min, 3-6 min per candidate measured)
 #   bash experiments/rl_razor/run.sh --quick   # smoke run: two tiny candidates, ~15 min (first run)
+#   bash experiments/rl_razor/run.sh --transfer  # seeds 0-2 of this sweep, the JSON task's sweep, then the
+#                                                # relation and the forecasts across seeds and tasks (~9 h of one core)
 #
 # PYTHON (default .venv/bin/python, created by scripts/setup.sh) picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 QUICK=()
-[ "${1:-}" = "--quick" ] && QUICK=(--quick)
+TRANSFER=0
+case "${1:-}" in
+    --quick) QUICK=(--quick) ;;
+    --transfer) TRANSFER=1 ;;
+    "") ;;
+    *) echo "run.sh: unknown option '$1' (expected --quick, --transfer or nothing)" >&2; exit 2 ;;
+esac
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -28,6 +36,18 @@ cache = pathlib.Path(os.environ.get('FORGETGUARD_CACHE_DIR') or default_cache_di
 print(materialize_gguf(pathlib.Path(sys.argv[1]), cache))" "$GGUF" 2>/dev/null | tail -1)
 echo "rl_razor: base $BASE_DIR"
 # Heavy steps run niced: the machine may be shared.
+if [ "$TRANSFER" = 1 ]; then
+    # Does the calibration travel? (README: "Does the calibration travel?")
+    nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --seed 0 --seed 1 --seed 2
+    nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --task json
+    nice -n 10 $PY experiments/rl_razor/evaluate.py --base "$BASE_DIR" --seed 0 --seed 1 --seed 2
+    nice -n 10 $PY experiments/rl_razor/evaluate.py --base "$BASE_DIR" --task json
+    HIST=experiments/rl_razor/work/transfer.sqlite
+    rm -f "$HIST"
+    $PY experiments/rl_razor/to_history.py --base "$GGUF" --history "$HIST" --task all --all-seeds
+    $PY experiments/rl_razor/transfer.py --history "$HIST"
+    exit 0
+fi
 nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" "${QUICK[@]}"
 nice -n 10 $PY experiments/rl_razor/evaluate.py --base "$BASE_DIR" "${QUICK[@]}"
 if [ ${#QUICK[@]} -eq 0 ]; then
