@@ -7,6 +7,7 @@ and the shared-prompt sampling/log-prob code against a plain full forward pass o
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 # The experiment's scripts import each other by module name: pyproject's `pythonpath` puts
@@ -306,3 +307,17 @@ def test_the_hierarchical_bootstrap_resamples_configs_then_seeds_keeping_checkpo
         assert all(steps.count(1) == steps.count(2) for steps in units.values())  # a seed's checkpoints together
     # Draws differ: some repeat a configuration, so some configuration is missing from some draw.
     assert any(len({r["config"] for r in s}) < 4 for s in seen)
+
+
+def test_the_coverage_interval_is_clopper_pearson() -> None:
+    """transfer.py's interval on an observed coverage: scipy's exact binomial interval, and the closed
+    forms at the edges (all held: lower end (alpha/2)^(1/n); none held: upper end 1 - (alpha/2)^(1/n))."""
+    import transfer
+    from scipy.stats import binomtest
+
+    for held, n in [(26, 30), (4, 10), (1, 7), (29, 30)]:
+        ref = binomtest(held, n).proportion_ci(0.95, method="exact")
+        assert transfer.coverage_ci(held, n) == pytest.approx((ref.low, ref.high), abs=1e-9)
+    assert transfer.coverage_ci(10, 10) == pytest.approx((0.025**0.1, 1.0), abs=1e-12)
+    assert transfer.coverage_ci(0, 10) == pytest.approx((0.0, 1 - 0.025**0.1), abs=1e-12)
+    assert all(math.isnan(x) for x in transfer.coverage_ci(0, 0))  # nothing forecast: no coverage, not 0 or 1
