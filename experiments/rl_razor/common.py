@@ -167,6 +167,11 @@ def run_done(run: Run, out: Path) -> bool:
     return all((out / run.candidate(s) / "COMPLETE").exists() for s in run.save_at)
 
 
+def run_measured(run: Run, results: Path) -> bool:
+    """Every candidate of ``run`` has its measurements in ``results`` (evaluate.py's output)."""
+    return all((results / f"{run.candidate(s)}.json").exists() for s in run.save_at)
+
+
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
     import torch
 

@@ -9,7 +9,8 @@
 #   bash experiments/rl_razor/run.sh           # the full sweep: 1-1.5 h of one core (training ~35 min, 3-6 min per candidate measured)
 #   bash experiments/rl_razor/run.sh --quick   # smoke run: two tiny candidates, ~15 min (first run)
 #   bash experiments/rl_razor/run.sh --transfer  # seeds 0-2 of this sweep, the JSON task's sweep, then the
-#                                                # relation and the forecasts across seeds and tasks (~9 h of one core)
+#                                                # relation and the forecasts across seeds and tasks (~6.5 h of one
+#                                                # core from scratch; a minute on the committed measurements)
 #
 # PYTHON (default .venv/bin/python, created by scripts/setup.sh) picks the interpreter.
 set -euo pipefail
@@ -38,8 +39,9 @@ echo "rl_razor: base $BASE_DIR"
 # Heavy steps run niced: the machine may be shared.
 if [ "$TRANSFER" = 1 ]; then
     # Does the calibration travel? (README: "Does the calibration travel?")
-    nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --seed 0 --seed 1 --seed 2
-    nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --task json
+    # Runs already measured (results/*.json, committed) are not retrained: delete results/ to redo them.
+    nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --unmeasured-only --seed 0 --seed 1 --seed 2
+    nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --unmeasured-only --task json
     nice -n 10 $PY experiments/rl_razor/evaluate.py --base "$BASE_DIR" --seed 0 --seed 1 --seed 2
     nice -n 10 $PY experiments/rl_razor/evaluate.py --base "$BASE_DIR" --task json
     HIST=experiments/rl_razor/work/transfer.sqlite

@@ -4,8 +4,9 @@
 
 Each run saves a candidate at each of its ``save_at`` step counts under work/candidates/<run>-s<step>/ (--quick: work/quick/candidates/)
 (adapter_config.json, adapter_model.safetensors, train_meta.json with the training log, COMPLETE).
-A run whose candidates are all COMPLETE is skipped; an interrupted run starts again from step 0 and,
-being seeded, reproduces the same candidates. Everything runs on one CPU thread (common.set_threads).
+A run whose candidates are all COMPLETE is skipped (with --unmeasured-only, also one whose candidates
+all have results/*.json: a fresh clone reruns the analysis without retraining what was measured); an
+interrupted run starts again from step 0 and, being seeded, reproduces the same candidates. Everything runs on one CPU thread (common.set_threads).
 
 SFT: AdamW at a constant learning rate, batches of 8 (prompt, demonstration) pairs from the 160
 training problems, cross-entropy on the response tokens only ("The answer is 15." + EOS).
@@ -160,6 +161,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the smoke sweep (common.QUICK_SWEEP)")
     ap.add_argument("--only", action="append", help="run only these runs (by name, e.g. rl-lr0.0005)")
     ap.add_argument("--force", action="store_true", help="retrain runs whose candidates exist")
+    ap.add_argument("--unmeasured-only", action="store_true",
+                    help="skip runs whose candidates are all measured (results/*.json), even if not on disk")  # fmt: skip
     ap.add_argument("--seed", type=int, action="append", help="training seeds (repeatable; default 0)")
     ap.add_argument("--task", default="arith", choices=sorted(common.TASKS), help="the new task (default arith)")
     args = ap.parse_args()
@@ -170,6 +173,9 @@ def main() -> None:
             continue
         if common.run_done(run, out) and not args.force:
             print(f"[{run.name}] candidates exist, skipping")
+            continue
+        if args.unmeasured_only and not args.force and common.run_measured(run, common.results_dir(args.quick)):
+            print(f"[{run.name}] candidates measured (results/), skipping")
             continue
         t0 = time.time()
         (train_sft if run.method == "sft" else train_rl)(run, args.base, out)

@@ -321,3 +321,22 @@ def test_the_coverage_interval_is_clopper_pearson() -> None:
     assert transfer.coverage_ci(10, 10) == pytest.approx((0.025**0.1, 1.0), abs=1e-12)
     assert transfer.coverage_ci(0, 10) == pytest.approx((0.0, 1 - 0.025**0.1), abs=1e-12)
     assert all(math.isnan(x) for x in transfer.coverage_ci(0, 0))  # nothing forecast: no coverage, not 0 or 1
+
+
+def test_a_run_counts_as_measured_only_when_every_checkpoint_has_results(tmp_path: Path) -> None:
+    """train.py --unmeasured-only (run.sh --transfer on a fresh clone) skips a run only when each of its
+    candidates has results/<name>.json -- one missing checkpoint means the run is trained again."""
+    import common
+
+    run = next(r for r in common.sweep(False, 2, "json") if r.method == "rl")
+    names = [run.candidate(s) for s in run.save_at]
+    assert len(names) == 2 and all("json-" in n and "-seed2-" in n for n in names)
+    assert not common.run_measured(run, tmp_path)
+    (tmp_path / f"{names[0]}.json").write_text("{}")
+    assert not common.run_measured(run, tmp_path)
+    (tmp_path / f"{names[1]}.json").write_text("{}")
+    assert common.run_measured(run, tmp_path)
+    # the committed sweep: every run of the three arithmetic seeds and the JSON seed is measured
+    measured = common.results_dir(False)
+    runs = [r for seed in (0, 1, 2) for r in common.sweep(False, seed, "arith")] + list(common.sweep(False, 0, "json"))
+    assert len(runs) == 20 and all(common.run_measured(r, measured) for r in runs)
