@@ -187,6 +187,8 @@ def _calibrate(history: Any, args: argparse.Namespace) -> int:
                 f"{d['forecasts_held']}/{d['forecasts_checked']}" if d["forecasts_checked"] else "-",
             ]
         )
+        # Formatted here: tabulate's floatfmt skips a column that also holds words ("-", "none in range").
+        table[-1] = [_number(c) if isinstance(c, float) else c for c in table[-1]]
     code = _out(
         args,
         data,

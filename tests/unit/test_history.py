@@ -153,3 +153,9 @@ def test_the_command_line(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == {"added": 10, "already_there": 0}
     assert cli(["history", "--history", str(tmp_path / "nowhere.sqlite")]) == 1
     assert "no run history at" in capsys.readouterr().err
+    for i in range(2):  # a young series beside it: its budget cell holds words, the column is mixed
+        h.add_run(Run.now(git_commit=f"y{i}"), [kl(f"young{i}", 0.1 * i, series="kl-y"), ret(f"young{i}", 0.001)])
+    assert cli(["calibrate", "--history", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "more runs" in table
+    assert format(pair["kl_budget"], ".4g") in table and repr(pair["kl_budget"]) not in table  # 4 digits, not 17
