@@ -214,7 +214,11 @@ def forecasts(history: Path, rows: list[dict[str, Any]], coverage: float) -> dic
     per: dict[tuple[str, str], list[tuple[float, float, dict[str, Any]]]] = {}
     allowance: dict[str, float | None] = {}
     for pair in pairs:
-        pts = [(p.kl, p.drop, by_kl[p.kl]) for p in pair.points if p.kl in by_kl]
+        # In candidate order, not the history's (run times are the results files' mtimes, which a fresh
+        # clone sets in checkout order): transfer.json is a function of the measurements alone.
+        pts = sorted(
+            ((p.kl, p.drop, by_kl[p.kl]) for p in pair.points if p.kl in by_kl), key=lambda t: t[2]["candidate"]
+        )
         if not pts:  # a pair of other runs in the same history (a suite's own runs): not this experiment's
             continue
         task = pts[0][2]["task"]
