@@ -41,9 +41,9 @@ if [ "$TRANSFER" = 1 ]; then
     # Does the calibration travel? (README: "Does the calibration travel?")
     # Runs already measured (results/*.json, committed) are not retrained: delete results/ to redo them.
     nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --unmeasured-only --seed 0 --seed 1 --seed 2
-    nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --unmeasured-only --task json
+    nice -n 10 $PY experiments/rl_razor/train.py --base "$BASE_DIR" --unmeasured-only --task json --seed 0 --seed 1
     nice -n 10 $PY experiments/rl_razor/evaluate.py --base "$BASE_DIR" --seed 0 --seed 1 --seed 2
-    nice -n 10 $PY experiments/rl_razor/evaluate.py --base "$BASE_DIR" --task json
+    nice -n 10 $PY experiments/rl_razor/evaluate.py --base "$BASE_DIR" --task json --seed 0 --seed 1
     HIST=experiments/rl_razor/work/transfer.sqlite
     rm -f "$HIST"
     $PY experiments/rl_razor/to_history.py --base "$GGUF" --history "$HIST" --task all --all-seeds
