@@ -6,7 +6,8 @@ Each run saves a candidate at each of its ``save_at`` step counts under work/can
 (adapter_config.json, adapter_model.safetensors, train_meta.json with the training log, COMPLETE).
 A run whose candidates are all COMPLETE is skipped (with --unmeasured-only, also one whose candidates
 all have results/*.json: a fresh clone reruns the analysis without retraining what was measured); an
-interrupted run starts again from step 0 and, being seeded, reproduces the same candidates. Everything runs on one CPU thread (common.set_threads).
+interrupted run starts again from step 0 and, being seeded, reproduces the same candidates. Everything
+runs on one CPU thread (common.set_threads).
 
 SFT: AdamW at a constant learning rate, batches of 8 (prompt, demonstration) pairs from the 160
 training problems, cross-entropy on the response tokens only ("The answer is 15." + EOS).
