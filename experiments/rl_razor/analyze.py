@@ -68,14 +68,16 @@ def forgetting(r: dict[str, Any], target: str) -> tuple[float, float]:
     return sum(p["relative_drop"] for p in probes) / len(probes), math.sqrt(sum(s * s for s in ses)) / len(probes)
 
 
+def r2(xs: np.ndarray, ys: np.ndarray) -> float:
+    """R^2 of the OLS line with an intercept (= the squared correlation); NaN where no line is defined."""
+    if len(xs) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return float("nan")
+    return float(np.corrcoef(xs, ys)[0, 1] ** 2)  # = 1 - SS_res/SS_tot for OLS with an intercept
+
+
 def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, n_boot: int = 5000) -> dict[str, Any]:
     """OLS y = a + b x: slope, intercept, R^2, its bootstrap 95% CI over points, Spearman's rho."""
     from scipy.stats import spearmanr
-
-    def r2(xs: np.ndarray, ys: np.ndarray) -> float:
-        if np.ptp(xs) == 0 or np.ptp(ys) == 0:
-            return float("nan")
-        return float(np.corrcoef(xs, ys)[0, 1] ** 2)  # = 1 - SS_res/SS_tot for OLS with an intercept
 
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise SystemExit(f"non-finite values in a fit (x = {x.tolist()}, y = {y.tolist()}): check results/*.json")

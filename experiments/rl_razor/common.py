@@ -8,6 +8,7 @@ scripts/make_candidates.py rather than copied.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -102,6 +103,27 @@ def sweep(quick: bool, seed: int = 0, task: str = "arith") -> tuple[Run, ...]:
 TASKS = {"arith": "newtask", "json": "jsontask"}
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """One results/*.json, refused with its name when it is not what evaluate.py writes: unreadable
+    (an interrupted copy, an empty file) or holding a non-finite measurement (a NaN would drop out of a
+    fit silently)."""
+    try:
+        row = json.loads(Path(path).read_text(encoding="utf-8"))
+        numbers = {
+            "kl_forward": row["kl_forward"]["per_token"],
+            "kl_reverse": row["kl_reverse"]["per_token"],
+            "drift": row["drift"]["relative_l2"],
+            **{f"{probe} drop": p["drop"] for probe, p in row["probes"].items()},
+        }
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: not a measurement evaluate.py wrote ({type(e).__name__}: {e}); "
+                         "delete it and run evaluate.py again") from None  # fmt: skip
+    bad = [k for k, v in numbers.items() if not (isinstance(v, (int, float)) and math.isfinite(v))]
+    if bad:
+        raise SystemExit(f"{path}: non-finite measurement ({', '.join(bad)}); delete it and run evaluate.py again")
+    return row
+
+
 def measured(quick: bool = False, task: str = "arith", seeds: tuple[int, ...] | None = (0,)) -> list[Path]:
     """The result files of ``task``'s candidates trained with ``seeds`` (None: every seed), by name.
 
@@ -109,7 +131,7 @@ def measured(quick: bool = False, task: str = "arith", seeds: tuple[int, ...] | 
     """
     out = []
     for path in sorted(results_dir(quick).glob("*-s*.json")):
-        row = json.loads(path.read_text())
+        row = read_result(path)
         if row.get("task", "arith") == task and (seeds is None or row.get("seed", 0) in seeds):
             out.append(path)
     return out

@@ -15,8 +15,8 @@ checks carry the measured numbers under the names and series the example suites 
   (lost - gained) / 302 from each probe's paired counts).
 
 By default only the first task's seed-0 candidates are recorded (the demo's history); ``--task`` and
-``--seed``/``--all-seeds`` add the others (transfer.py's history). Every number is a measurement; nothing here is estimated or made up. The series are computed the way
-the plugin computes them (from the prompts' token ids, the tasks' configurations and data, and the
+``--seed``/``--all-seeds`` add the others (transfer.py's history). Every number is a measurement;
+nothing here is estimated or made up. The series are computed the way the plugin computes them (from the prompts' token ids, the tasks' configurations and data, and the
 base's content), so a suite run on the same base with the same checks lands in the same series and
 its forecasts are calibrated on these candidates. A candidate whose adapter is committed
 (adapters/sft, adapters/rl) is recorded under that adapter's content fingerprint, so a forecast for it

@@ -60,12 +60,6 @@ def load_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def r2(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1] ** 2)
-
-
 def hierarchical_boot(rows: list[dict[str, Any]], stat: Any, n_boot: int, seed: int = 0) -> tuple[float, float]:
     """95% percentile CI of ``stat(rows)`` over resampled configs, then seeds within each (by task)."""
     rng = np.random.default_rng(seed)
@@ -104,7 +98,7 @@ def relation(rows: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
                 def stat(sample: list[dict[str, Any]], fx: Any = fx, target: str = target) -> float:
                     x = np.array([fx(r) for r in sample])
                     y = np.array([analyze.forgetting(r, target)[0] for r in sample])
-                    return r2(x, y)
+                    return analyze.r2(x, y)
 
                 x = np.array([fx(r) for r in rs])
                 y = np.array([analyze.forgetting(r, target)[0] for r in rs])

@@ -341,3 +341,28 @@ def test_a_run_counts_as_measured_only_when_every_checkpoint_has_results(tmp_pat
     runs = [r for seed in (0, 1, 2) for r in common.sweep(False, seed, "arith")]
     runs += [r for seed in (0, 1) for r in common.sweep(False, seed, "json")]
     assert len(runs) == 25 and all(common.run_measured(r, measured) for r in runs)
+
+
+def test_a_broken_result_file_is_refused_by_name_not_dropped_from_a_fit(tmp_path: Path, monkeypatch) -> None:
+    """An empty, truncated or NaN-holding results/*.json stops the analysis with its path and the fix,
+    instead of a JSONDecodeError traceback or a NaN that R^2 would silently leave out."""
+    import common
+
+    good = json.loads(next(common.results_dir(False).glob("json-sft-*-s12.json")).read_text())
+    assert common.read_result(next(common.results_dir(False).glob("json-sft-*-s12.json")))["candidate"]
+    cases = {
+        "empty": "",
+        "truncated": json.dumps(good)[:200],
+        "nan-kl": json.dumps({**good, "kl_forward": {**good["kl_forward"], "per_token": float("nan")}}),
+        "inf-drop": json.dumps({**good, "probes": {**good["probes"], "fg_code_ppl": {
+            **good["probes"]["fg_code_ppl"], "drop": float("inf")}}}),
+        "no-drift": json.dumps({k: v for k, v in good.items() if k != "drift"}),
+    }  # fmt: skip
+    for name, text in cases.items():
+        path = tmp_path / f"{name}-s1.json"
+        path.write_text(text)
+        with pytest.raises(SystemExit, match=rf"{name}-s1\.json.*run evaluate\.py again"):
+            common.read_result(path)
+    monkeypatch.setattr(common, "results_dir", lambda quick=False: tmp_path)
+    with pytest.raises(SystemExit, match=r"empty-s1\.json"):  # every reader goes through measured()
+        common.measured(task="json", seeds=None)
