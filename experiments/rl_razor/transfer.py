@@ -288,6 +288,9 @@ def main() -> None:
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=common.HERE / "transfer.json")
     args = ap.parse_args()
+    if not args.history.is_file():  # before the bootstrap's seconds, with this experiment's fix
+        raise SystemExit(f"no run history at {args.history}: record the measurements first with "
+                         "to_history.py --base GGUF --history FILE --task all --all-seeds")  # fmt: skip
     rows = load_rows()
     counts = {
         t: (sum(r["task"] == t for r in rows), sorted({r["seed"] for r in rows if r["task"] == t}))
