@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .forecast import DEFAULT_COVERAGE, Calibration
+from .forecast import DEFAULT_ALPHA, DEFAULT_COVERAGE, Calibration
 from .history import Row
 
 
@@ -40,6 +40,7 @@ class Point:
     candidate: str  # the candidate's fingerprint, or its SPEC when the fingerprint is unknown
     time: float
     forecast: dict[str, Any] | None  # what the retention check forecast before it measured, if it did
+    audit: bool = False  # measured although the forecast could have decided (audit_rate)
 
 
 @dataclass(frozen=True)
@@ -54,21 +55,30 @@ class Pair:
     points: tuple[Point, ...]
     calibration: Calibration
 
-    def coverage_observed(self) -> tuple[int, int]:
-        """(held, total): how many of the past forecasts' intervals held the drop measured afterwards."""
+    def coverage_observed(self, audited_only: bool = False) -> tuple[int, int]:
+        """(held, total): how many past forecasts held the drop measured afterwards — under their upper
+        bound at alpha (older rows without one: inside their interval). ``audited_only``: only checks a
+        forecast could have decided and that were measured anyway (an unbiased sample of skips)."""
         held = total = 0
         for p in self.points:
             f = p.forecast
-            if f is not None and _finite(f.get("low"), f.get("high")):
+            if f is None or (audited_only and not p.audit):
+                continue
+            if _finite(f.get("upper")):
+                total += 1
+                held += int(p.drop <= float(f["upper"]))
+            elif _finite(f.get("low"), f.get("high")):
                 total += 1
                 held += int(float(f["low"]) <= p.drop <= float(f["high"]))
         return held, total
 
-    def to_json(self, coverage: float = DEFAULT_COVERAGE) -> dict[str, Any]:
+    def to_json(self, coverage: float = DEFAULT_COVERAGE, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
         cal = self.calibration
         mid = sorted(cal.x)[len(cal.x) // 2]
-        f = cal.forecast(mid, coverage)
+        f = cal.forecast(mid, coverage, alpha=alpha)
         held, total = self.coverage_observed()
+        audit_held, audits = self.coverage_observed(audited_only=True)
+        lo, hi = cal.slope_interval(alpha)
         return {
             "kl_check": self.kl_check,
             "retention_check": self.retention_check,
@@ -88,9 +98,14 @@ class Pair:
             "interval_width": None if f is None else f.high - f.low,
             "runs_needed": cal.needed(coverage),
             "allowance": self.allowance,
-            "kl_budget": None if self.allowance is None else cal.budget_for(self.allowance, coverage),
+            "kl_budget": None if self.allowance is None else cal.budget_for(self.allowance, alpha),
+            "alpha": alpha,
+            "slope_interval": [lo, hi],
+            "evidence_problems": cal.evidence_problems(alpha),
             "forecasts_checked": total,
             "forecasts_held": held,
+            "audits": audits,
+            "audits_held": audit_held,
         }
 
 
@@ -129,7 +144,7 @@ def _points_by_pair(rows: Sequence[Row]) -> dict[PairKey, list[Point]]:
                 if k.base_fingerprint != rt.base_fingerprint:
                     continue
                 key = PairKey(str(k.series), str(rt.series), k.base_fingerprint)
-                point = Point(float(k.value), float(rt.drop), cand, rt.time, rt.forecast)  # type: ignore[arg-type]
+                point = Point(float(k.value), float(rt.drop), cand, rt.time, rt.forecast, rt.audit)  # type: ignore[arg-type]
                 old = latest.get((key, cand))
                 if old is None or point.time >= old.time:
                     latest[(key, cand)] = point

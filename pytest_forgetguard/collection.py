@@ -117,6 +117,10 @@ class CheckItem(pytest.Item):
         except Exception as exc:
             session.record_error(self.check.name, self.check.kind, self.candidate or "-", exc)
             raise
+        if session.forecasts is not None:
+            # A retention check's forecast_from names a KL check of this suite: where that one ran in
+            # another process (pytest-xdist), the forecast measures it here, so every process decides alike.
+            session.forecasts.suite_kl = {c.name: c.options for c in self.suite.checks if c.kind == "kl"}
         run_check(fg, self.check)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:

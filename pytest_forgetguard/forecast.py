@@ -1,24 +1,25 @@
-"""Forecasting forgetting from KL: a linear fit per (KL check, retention check) pair, with jackknife+ intervals.
+"""Forecasting forgetting from KL: a line per (KL check, retention check) pair, with conformal bounds.
 
-The relation ``drop ≈ a + b · KL`` is fitted on a team's own past candidates
-(the run history: each point is one candidate's measured KL on the new task
-and its measured drop on a retention check). A forecast for a new candidate
-comes with a **jackknife+ prediction interval** (Barber, Candès, Ramdas,
-Tibshirani, *Predictive inference with the jackknife+*, Annals of
-Statistics 2021): for a new point exchangeable with the n past ones, the
-interval holds the true drop with probability at least 1 − 2α, and in
-practice about 1 − α, whatever the noise distribution. It needs
-``n ≥ (1 − α) / α`` points to be finite (9 at 90%): with fewer, there is no
-forecast, and :attr:`Calibration.needed` says how many more runs would give one.
-A KL outside the range of past KL values is an **extrapolation**: forgetting
-can grow much faster than linearly at large KL, so such a forecast is shown
-but never decides anything.
+The relation ``drop ≈ a + b · KL`` is fitted on a team's own past candidates (the run history: each
+point is one candidate's measured KL on the new task and its measured drop on a retention check). A
+forecast for a new candidate comes with **full conformal prediction bounds**
+(:mod:`pytest_forgetguard.evidence.conformal`): if the new candidate is exchangeable with the past
+ones, its drop lies under the one-sided upper bound at ``alpha`` with probability at least
+``1 - alpha`` in finite samples, whatever the noise distribution — and the scores are normalized by a
+spread that grows with KL, so the bound widens where the history is noisier. The displayed interval at
+``coverage`` is the two one-sided bounds at ``(1 - coverage) / 2`` each.
+
+A forecast needs ``n >= 1/alpha' - 1`` points (19 for a 90% interval or a bound at alpha 0.05). A
+forecast **decides** a check only on evidence that deserves it (:meth:`Calibration.evidence_problems`):
+enough points, KL values that vary, no duplicated points, a slope whose confidence interval excludes
+zero, a KL inside the range seen (an extrapolation is shown, never decides), and the upper bound at the
+check's alpha within the allowance.
 
 Example::
 
     cal = Calibration.fit([(0.01, 0.0002), (0.1, 0.001), (0.3, 0.004), ...])
-    f = cal.forecast(0.05, coverage=0.9)
-    f.drop, f.low, f.high, f.extrapolation
+    f = cal.forecast(0.05, coverage=0.9, alpha=0.05)
+    f.drop, f.low, f.high, f.upper, f.extrapolation
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from .evidence.conformal import lower_bound, upper_bound
+from .evidence.conformal import points_needed as one_sided_points_needed
+
 DEFAULT_COVERAGE = 0.9
+DEFAULT_ALPHA = 0.05
 
 
 def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -44,25 +49,22 @@ def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def points_needed(coverage: float) -> int:
-    """The fewest past points for which a jackknife+ interval at ``coverage`` is finite.
+    """The fewest past points for which a two-sided conformal interval at ``coverage`` is finite.
 
-    The upper bound is the ⌈coverage·(n+1)⌉-th smallest of n values, which exists only when that rank
-    is at most n.
+    Each side is a one-sided bound at ``(1 - coverage) / 2``, finite from n >= 2/(1 - coverage) - 1.
 
-    >>> points_needed(0.9), points_needed(0.8), points_needed(0.95)
-    (9, 4, 19)
+    >>> points_needed(0.9), points_needed(0.8), points_needed(0.5)
+    (19, 9, 3)
     """
     if not 0.0 < coverage < 1.0:
         raise ValueError(f"coverage must be in (0, 1), got {coverage!r}")
-    n = 1
-    while math.ceil(coverage * (n + 1) - 1e-9) > n:
-        n += 1
-    return n
+    return one_sided_points_needed((1.0 - coverage) / 2.0)
 
 
 @dataclass(frozen=True)
 class Forecast:
-    """A forecast drop at one KL value, with its jackknife+ interval (same units and sign as the check's drop)."""
+    """A forecast drop at one KL value (same units and sign as the check's drop): the two-sided interval
+    ``low``..``high`` at ``coverage``, and ``upper``, the one-sided bound at ``alpha`` that decides."""
 
     drop: float
     low: float
@@ -73,16 +75,19 @@ class Forecast:
     coverage: float
     extrapolation: bool
     source: str = ""  # the KL check the forecast comes from ("from" in reports)
+    upper: float = math.inf
+    alpha: float = DEFAULT_ALPHA
 
     def to_json(self) -> dict[str, Any]:
-        """``details.forecast`` in the JSON report (CONTRACT.md): drop, low, high, n, r2, from, kl, coverage, extrapolation."""
+        """``details.forecast`` in the JSON report (CONTRACT.md): drop, low, high, n, r2, from, kl, coverage,
+        extrapolation, and upper and alpha."""
         data = asdict(self)
         data["from"] = data.pop("source")
         return data
 
     def within(self, allowance: float) -> bool:
-        """Whether the whole interval lies within the allowed drop (and the forecast may decide)."""
-        return not self.extrapolation and math.isfinite(self.high) and self.high <= allowance
+        """Whether the upper bound at alpha lies within the allowed drop (and the forecast may decide)."""
+        return not self.extrapolation and math.isfinite(self.upper) and self.upper <= allowance
 
 
 @dataclass(frozen=True)
@@ -134,57 +139,87 @@ class Calibration:
         """How many more past points a forecast at ``coverage`` needs (0: enough)."""
         return max(0, points_needed(coverage) - self.n)
 
-    def forecast(self, kl: float, coverage: float = DEFAULT_COVERAGE, source: str = "") -> Forecast | None:
-        """The forecast drop at ``kl`` with its jackknife+ interval, or None with too few points.
-
-        For each past point i, the line fitted without it predicts μ₋ᵢ(kl) and missed point i by
-        Rᵢ; the interval runs from the ⌊α(n+1)⌋-th smallest μ₋ᵢ(kl) − Rᵢ to the ⌈(1−α)(n+1)⌉-th
-        smallest μ₋ᵢ(kl) + Rᵢ, with α = 1 − coverage.
-        """
+    def forecast(
+        self, kl: float, coverage: float = DEFAULT_COVERAGE, source: str = "", alpha: float = DEFAULT_ALPHA
+    ) -> Forecast | None:
+        """The forecast drop at ``kl`` with its conformal interval at ``coverage`` and its one-sided upper
+        bound at ``alpha``; None with too few points for the interval."""
         if not math.isfinite(kl):
             raise ValueError(f"the KL to forecast from is not finite: {kl!r}")
+        if not 0.0 < alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
         if self.needed(coverage) > 0:
             return None
         x, y = np.asarray(self.x), np.asarray(self.y)
-        n = len(x)
-        alpha = 1.0 - coverage
-        lows, highs = [], []
-        for i in range(n):
-            keep = np.arange(n) != i
-            ai, bi = _ols(x[keep], y[keep])
-            mu = ai + bi * kl
-            lows.append(mu - self.loo_errors[i])
-            highs.append(mu + self.loo_errors[i])
-        k_high = math.ceil((1.0 - alpha) * (n + 1) - 1e-9)  # 1-based rank
-        k_low = math.floor(alpha * (n + 1) + 1e-9)
-        high = float(np.sort(highs)[k_high - 1])
-        low = float(np.sort(lows)[k_low - 1]) if k_low >= 1 else float("-inf")
+        side = (1.0 - coverage) / 2.0
         return Forecast(
             drop=self.intercept + self.slope * kl,
-            low=low,
-            high=high,
-            n=n,
+            low=lower_bound(x, y, kl, side),
+            high=upper_bound(x, y, kl, side),
+            n=self.n,
             r2=self.r2,
             kl=float(kl),
             coverage=coverage,
             extrapolation=not (min(self.x) <= kl <= max(self.x)),
             source=source,
+            upper=upper_bound(x, y, kl, alpha),
+            alpha=alpha,
         )
 
-    def budget_for(self, allowance: float, coverage: float = DEFAULT_COVERAGE, steps: int = 400) -> float | None:
-        """The largest KL in the range seen at which the forecast's upper bound stays within ``allowance``.
+    def evidence_problems(self, alpha: float = DEFAULT_ALPHA) -> list[str]:
+        """Why this history may not decide a check by forecast at ``alpha`` (empty: it may).
 
-        The KL budget the evidence supports: a candidate under it is forecast (at ``coverage``) to
-        lose at most the allowed drop. None when even the smallest KL seen is forecast over the
-        allowance, or when there are too few points; never beyond the largest KL seen.
+        >>> Calibration.fit([(0.1, 0.0)] * 25).evidence_problems()[:2]
+        ['the KL values do not vary (all 0.1)', '24 duplicated points (the same KL and drop): imported twice?']
         """
-        if self.needed(coverage) > 0:
+        problems = []
+        needed = one_sided_points_needed(alpha)
+        if self.n < needed:
+            problems.append(f"{self.n} points, a bound at alpha {alpha:g} needs {needed}")
+        distinct = len(set(self.x))
+        if distinct < 3:
+            shown = ", ".join(f"{v:.4g}" for v in sorted(set(self.x)))
+            problems.append(f"the KL values do not vary (all {shown})" if distinct == 1 else
+                            f"only {distinct} distinct KL values ({shown})")  # fmt: skip
+        duplicates = self.n - len(set(zip(self.x, self.y)))
+        if duplicates:
+            problems.append(f"{duplicates} duplicated points (the same KL and drop): imported twice?")
+        lo, hi = self.slope_interval(alpha)
+        if not (lo > 0 or hi < 0):
+            problems.append(
+                f"the slope's {1 - alpha:.0%} interval [{lo:.4g}, {hi:.4g}] includes 0 (R² {self.r2:.2f}): "
+                "KL does not predict this drop here"
+            )
+        return problems
+
+    def slope_interval(self, alpha: float = DEFAULT_ALPHA) -> tuple[float, float]:
+        """The OLS slope's two-sided ``1 - alpha`` t interval (nan with fewer than three points or no spread)."""
+        from scipy.stats import t as student
+
+        x, y = np.asarray(self.x), np.asarray(self.y)
+        n = len(x)
+        sxx = float(((x - x.mean()) ** 2).sum())
+        if n < 3 or sxx == 0.0:
+            return math.nan, math.nan
+        resid = y - (self.intercept + self.slope * x)
+        se = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx)
+        q = float(student.ppf(1 - alpha / 2, n - 2))
+        return self.slope - q * se, self.slope + q * se
+
+    def budget_for(self, allowance: float, alpha: float = DEFAULT_ALPHA, steps: int = 60) -> float | None:
+        """The largest KL in the range seen at which the forecast's upper bound at ``alpha`` stays within
+        ``allowance``.
+
+        The KL budget the evidence supports: a candidate under it is forecast (at ``alpha``) to lose at
+        most the allowed drop. None when even the smallest KL seen is forecast over the allowance, when
+        the history may not decide (:meth:`evidence_problems`); never beyond the largest KL seen.
+        """
+        if self.evidence_problems(alpha):
             return None
-        grid = np.linspace(min(self.x), max(self.x), steps)
+        x, y = np.asarray(self.x), np.asarray(self.y)
         best = None
-        for kl in grid:
-            f = self.forecast(float(kl), coverage)
-            if f is None or f.high > allowance:
+        for kl in np.linspace(min(self.x), max(self.x), steps):
+            if upper_bound(x, y, float(kl), alpha) > allowance:
                 break
             best = float(kl)
         return best

@@ -121,6 +121,11 @@ class Row:
         value = self.record.get("details", {}).get("forecast")
         return value if isinstance(value, dict) else None
 
+    @property
+    def audit(self) -> bool:
+        """Whether the check was an audit: a forecast could have decided it, and it was measured anyway."""
+        return self.record.get("details", {}).get("audit") is True
+
 
 def git_commit(where: Path) -> str | None:
     """The commit checked out at ``where`` (``+dirty`` when the tree has changes), or None outside git."""

@@ -383,8 +383,8 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
 
 
 def _row_label(name: str, rec: CheckRecord) -> str:
-    """A retention row's tick label: the candidate and its verdict, and why when the gate overrode the drop."""
-    why = " — CI crosses the allowance" if rec.gate_note else ""
+    """A retention row's tick label: the candidate and its verdict, marked when the items could not decide."""
+    why = " — inconclusive" if rec.gate_note and rec.verdict == "PASS" else ""
     return f"{_text(name, LABEL_WIDTH)} ({rec.verdict}){why}"
 
 

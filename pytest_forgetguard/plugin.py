@@ -52,6 +52,13 @@ _VALUE_OPTIONS = (
         "where base results and converted models are cached; env FORGETGUARD_CACHE_DIR",
     ),
     ("--fg-seed", "seed", "forgetguard_seed", f"seed for all sampling (default {DEFAULT_SEED}, so runs repeat)"),
+    (
+        "--fg-alpha",
+        "alpha",
+        "forgetguard_alpha",
+        "retention verdicts' error rate: at most this share of candidates whose drop is at the allowance pass "
+        "(default 0.05; over each check's own alpha); env FORGETGUARD_ALPHA",
+    ),
 )
 
 

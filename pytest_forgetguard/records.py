@@ -78,11 +78,11 @@ class CheckRecord:
         """Set the outcome: a check that errored, or whose number is not finite, never passes.
 
         A retention check decided by a forecast has no measured value: its number is the forecast's
-        upper bound, which must be finite.
+        upper bound at alpha, which must be finite.
         """
         number = self.value
         if self.decided_by_forecast:
-            number = (self.details.get("forecast") or {}).get("high")
+            number = (self.details.get("forecast") or {}).get("upper")
         finite = isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
         self.error = error
         self.passed = bool(passed) and error is None and finite
@@ -94,30 +94,35 @@ class CheckRecord:
 
     @property
     def gate_note(self) -> str | None:
-        """Why a retention gate decided against the observed drop (None when it did not): the policy is
-        shown where it decides.
+        """Why a retention check's outcome is not a plain pass or fail on evidence (None when it is): an
+        inconclusive verdict, passed or failed by ``on_inconclusive``, and what would decide it.
 
         >>> r = CheckRecord("k", "retention", "c", "acc", value=0.6, budget=0.05, passed=True,
-        ...                 details={"drop": 0.08, "gate": "significant"})
+        ...                 details={"verdict": "inconclusive", "alpha": 0.05, "items_needed": 420})
         >>> r.gate_note
-        'over the allowance, but its 95% CI crosses it: not significant (gate: significant)'
+        'inconclusive at alpha 0.05 (about 420 items would decide it): passed by on_inconclusive: pass'
         """
-        drop, gate, allowance = self.details.get("drop"), self.details.get("gate"), self.budget
-        if self.kind != "retention" or self.error is not None or allowance is None:
+        if self.kind != "retention" or self.error is not None or self.details.get("verdict") != "inconclusive":
             return None
-        if not isinstance(drop, (int, float)) or not math.isfinite(drop):
-            return None
-        if gate == "significant" and self.passed and drop > allowance:
-            return "over the allowance, but its 95% CI crosses it: not significant (gate: significant)"
-        if gate == "strict" and not self.passed and drop <= allowance:
-            return "within the allowance, but its 95% CI crosses it: not shown to hold (gate: strict)"
-        return None
+        needed = self.details.get("items_needed")
+        text = f"inconclusive at alpha {self.details.get('alpha')}"
+        if needed:
+            text += f" (about {needed} items would decide it)"
+        if self.passed:
+            why = "gate: significant" if self.details.get("gate") == "significant" else "on_inconclusive: pass"
+            return f"{text}: passed by {why}"
+        return text + ": not shown to be within the allowance"
 
     @property
     def verdict(self) -> str:
+        """``PASS``, ``FAIL``, ``ERROR``, or ``INCONCLUSIVE`` for a retention check its items could not decide
+        and that failed for it (an inconclusive check passed by ``on_inconclusive: pass`` reads ``PASS``,
+        marked in the reports)."""
         if self.error is not None:
             return "ERROR"
-        return "PASS" if self.passed else "FAIL"
+        if self.passed:
+            return "PASS"
+        return "INCONCLUSIVE" if self.details.get("verdict") == "inconclusive" else "FAIL"
 
     def to_json(self) -> dict[str, Any]:
         """The check's entry in the JSON report (CONTRACT.md)."""

@@ -20,7 +20,7 @@ from typing import Any
 from .files import write_atomic
 from .records import SCHEMA_VERSION, CheckRecord, candidate_id, column_labels
 
-HEADERS = ("check", "candidate", "metric", "base", "value", "delta", "budget", "95% CI", "n", "p", "verdict")
+HEADERS = ("check", "candidate", "metric", "base", "value", "delta", "budget", "CI", "n", "p", "verdict")
 
 
 def _num(x: float | None) -> str:
@@ -70,11 +70,12 @@ def forecast_lines(records: Sequence[CheckRecord]) -> list[str]:
             head += (
                 f"forecast drop {f['drop']:+.4g} [{f['low']:+.4g}, {f['high']:+.4g}] ({f['coverage']:.0%}, n {f['n']}, "
                 f"R² {f['r2']:.2f}, from {f['from']} KL {f['kl']:.4g}"
+                + (f", ≤ {f['upper']:+.4g} at alpha {f['alpha']:g}" if "upper" in f else "")
                 + (", extrapolation" if f.get("extrapolation") else "")
                 + ")"
             )
             if r.decided_by_forecast:
-                head += f": within the allowed drop {_num(r.budget)}, decided by forecast (lm-eval not run)"
+                head += f": upper bound within the allowed drop {_num(r.budget)}, decided by forecast (lm-eval not run)"
             elif isinstance(r.details.get("drop"), (int, float)):
                 head += f"; measured {r.details['drop'] + 0.0:+.4g}"
         else:
@@ -169,7 +170,8 @@ def side_by_side(
 def _cell(r: CheckRecord) -> str:
     """A side-by-side cell: the value the check compares with its budget, and the verdict."""
     if r.decided_by_forecast:
-        return f"≤ {(r.details.get('forecast') or {}).get('high', float('nan')):+.3g} {r.verdict} (forecast)"
+        f = r.details.get("forecast") or {}
+        return f"≤ {f.get('upper', f.get('high', float('nan'))):+.3g} {r.verdict} (forecast)"
     if r.kind == "retention" and isinstance(r.details.get("drop"), (int, float)):
         value = f"{r.details['drop'] + 0.0:+.3g}"  # + 0.0: no "-0" for an unchanged score
     else:

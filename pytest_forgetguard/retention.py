@@ -1,16 +1,19 @@
-"""Capability retention: base and candidate compared item by item, and the gate on the drop.
+"""Capability retention: base and candidate compared item by item, and the verdict on the drop.
 
 The two models' per-item results (:class:`~.lmeval.TaskRun`, from lm-eval) are
-paired by (task, doc_id, doc_hash); the difference of the aggregate gets a
-paired bootstrap CI and, for 0/1 metrics, an exact McNemar test. ``drop`` is
-signed so that positive means worse (it honours ``higher_is_better``). The
-gate policies (:func:`gate_passes`) decide on the drop against an allowance.
+paired by (task, doc_id, doc_hash). ``drop`` is signed so that positive means
+worse (it honours ``higher_is_better``). :meth:`RetentionResult.gate_on` decides
+it against an allowance through :mod:`.evidence.verdicts`: ``pass`` when the
+drop's one-sided upper bound at ``alpha`` is within the allowance, ``fail`` when
+its lower bound is over it, ``inconclusive`` otherwise (with the items that
+would decide). A paired bootstrap CI describes a measurement that has no gate;
+for 0/1 metrics McNemar's exact test says whether anything changed at all.
 
 Example::
 
     result = compare(base_runs, candidate_runs, metric="acc")
-    result.gate_on(max_drop=0.05, max_drop_relative=None, gate="significant")
-    result.passed, result.drop, result.drop_ci
+    result.gate_on(max_drop=0.05, max_drop_relative=None, gate="strict", alpha=0.05)
+    result.passed, result.verdict.verdict, result.drop, result.drop_ci
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import NonFiniteError, RetentionError
+from .evidence.verdicts import DEFAULT_ALPHA, Verdict, observed
 from .records import CheckRecord
 from .schema import RETENTION_KEYS
 from .stats import ItemValues, mcnemar_exact, paired_bootstrap
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from .lmeval import TaskRun
 
 GATES: tuple[str, ...] = RETENTION_KEYS["gate"].enum
+ON_INCONCLUSIVE: tuple[str, ...] = RETENTION_KEYS["on_inconclusive"].enum
 
 
 @dataclass
@@ -55,7 +60,8 @@ class RetentionResult:
 
     ``delta`` is candidate minus base in the metric's own units; ``drop`` is
     signed so that positive means worse (it honours ``higher_is_better``),
-    with its confidence interval ``drop_ci``.
+    with its interval ``drop_ci``: the verdict's one-sided bounds at ``alpha``
+    once :meth:`gate_on` decided, else a 95% paired bootstrap interval.
     """
 
     tasks: tuple[str, ...]
@@ -73,7 +79,7 @@ class RetentionResult:
     per_task: list[TaskDelta]
     flipped: list[FlippedItem] = field(default_factory=list)
     allowance: float | None = None
-    gate: str = "observed"
+    gate: str = "strict"
     base_cached: bool = False  # every base result came from the cache: only the candidate ran
     # How the allowance was derived (set by the gate), so a report can say "5% of base".
     max_drop: float | None = None
@@ -83,6 +89,14 @@ class RetentionResult:
     forecast: dict[str, Any] | None = None  # the forecast shown beside the drop (Forecast.to_json())
     forecast_note: str | None = None  # why there is no forecast, or why it did not decide
     series: str | None = None  # what makes the drop comparable across runs (the run history's key)
+    alpha: float = DEFAULT_ALPHA
+    on_inconclusive: str = "fail"
+    verdict: Verdict | None = None  # set by gate_on (a measured check)
+    items_total: int | None = None  # the task's items after ``limit`` (n: those compared)
+    looks: int = 1  # interim decisions taken
+    audit: bool = False  # a forecast could have decided: measured anyway (audit_rate), its forecast kept
+    # The paired per-item values the verdict is computed from (not reported).
+    paired: tuple[ItemValues, ItemValues] | None = field(default=None, repr=False, compare=False)
 
     @property
     def delta(self) -> float:
@@ -94,58 +108,108 @@ class RetentionResult:
 
     @property
     def drop_ci(self) -> tuple[float, float]:
+        if self.verdict is not None:
+            return self.verdict.low, self.verdict.high
         if self.higher_is_better:
             return -self.ci_high, -self.ci_low
         return self.ci_low, self.ci_high
 
-    def gate_on(self, max_drop: float | None, max_drop_relative: float | None, gate: str) -> None:
-        """Set the allowance (in metric units, from the base's score) and the gate policy this result is judged by."""
+    @property
+    def ci_level(self) -> float:
+        """The coverage of :attr:`drop_ci`: ``1 - 2 alpha`` for a verdict's two one-sided bounds, else 0.95."""
+        return 1.0 - 2.0 * self.alpha if self.verdict is not None else 0.95
+
+    def gate_on(
+        self,
+        max_drop: float | None,
+        max_drop_relative: float | None,
+        gate: str,
+        alpha: float = DEFAULT_ALPHA,
+        on_inconclusive: str = "fail",
+    ) -> None:
+        """Set the allowance (in metric units, from the base's score) and decide the drop against it.
+
+        ``gate``: ``strict`` (the verdict at ``alpha``, an inconclusive one passing only under
+        ``on_inconclusive="pass"``), ``significant`` (the same, inconclusive passes), ``observed`` (the
+        point estimate against the allowance: no error rate; the verdict is still computed and shown).
+        """
         self.allowance = allowance_for(self.base_value, max_drop, max_drop_relative)
         self.max_drop, self.max_drop_relative, self.gate = max_drop, max_drop_relative, gate
+        self.alpha, self.on_inconclusive = alpha, "pass" if gate == "significant" else on_inconclusive
+        if self.decided_by == "measurement" and self.paired is not None:
+            self.verdict = decide(self, max_drop, max_drop_relative, alpha)
+            lo, hi = self.verdict.low, self.verdict.high
+            self.ci_low, self.ci_high = (-hi, -lo) if self.higher_is_better else (lo, hi)
 
     @property
     def passed(self) -> bool:
         """The gate's verdict (False before :meth:`gate_on`; never True for a non-finite number).
 
-        Decided by forecast: the whole forecast interval lies within the allowance.
+        Decided by forecast: the forecast's one-sided upper bound at alpha lies within the allowance.
         """
         if self.allowance is None:
             return False
         if self.decided_by == "forecast":
-            high = (self.forecast or {}).get("high")
-            return isinstance(high, (int, float)) and math.isfinite(high) and high <= self.allowance
-        return gate_passes(self, self.allowance, self.gate)
+            upper = (self.forecast or {}).get("upper")
+            return isinstance(upper, (int, float)) and math.isfinite(upper) and upper <= self.allowance
+        numbers = (self.drop, self.base_value, self.candidate_value)
+        if not all(math.isfinite(x) for x in numbers):
+            return False
+        if self.gate == "observed":
+            return observed(self.drop, self.allowance) == "pass"  # a drop equal to the allowance is within it
+        return self.verdict is not None and self.verdict.passes(self.on_inconclusive)
 
-    def underpowered(self, name: str) -> str | None:
-        """A warning when the drop's 95% CI is wider than the allowance, with about how many items would do."""
-        if self.allowance is None:
+    @property
+    def verdict_word(self) -> str | None:
+        """``pass``, ``fail`` or ``inconclusive``: the verdict at ``alpha`` (the point estimate's under
+        ``gate: observed``); None before :meth:`gate_on` or for a forecast."""
+        if self.allowance is None or self.decided_by == "forecast":
             return None
-        lo, hi = self.drop_ci
-        width = hi - lo
-        if not width > self.allowance:
+        if self.gate == "observed":
+            return observed(self.drop, self.allowance) if math.isfinite(self.drop) else None
+        return None if self.verdict is None else self.verdict.verdict
+
+    def inconclusive_note(self, name: str) -> str | None:
+        """What a check that its data cannot decide says: the drop, its bounds, the items that would decide.
+
+        Shown with the failure under ``on_inconclusive: fail``, as a warning when the check passes anyway
+        (``on_inconclusive: pass``, ``gate: significant``) and under ``gate: observed``.
+        """
+        if self.verdict is None or self.verdict.verdict != "inconclusive":
             return None
-        needed = math.ceil(self.n * (width / self.allowance) ** 2) if self.allowance > 0 else None
-        return (
-            f"retention check {name!r} is underpowered: its 95% CI of the drop is {width:.3g} wide, "
-            f"wider than the allowance {self.allowance:.3g}"
-            + (f"; about {needed} items would be needed (it has {self.n})" if needed else "")
-        )
+        total = f" (the task has {self.items_total})" if self.items_total and self.verdict.items_needed else ""
+        return f"retention check {name!r} is inconclusive at alpha {self.alpha:g}: {self.verdict.explain()}{total}"
 
     def to_record(self, name: str, candidate: str) -> CheckRecord:
-        """The check's row in the reports: base and candidate scores, the delta and its CI, the allowed drop.
+        """The check's row in the reports: base and candidate scores, the delta and its bounds, the allowed drop.
 
         Decided by forecast: the base's score, the allowance and the forecast; nothing measured.
         """
-        forecast_details = {"decided_by": self.decided_by, "forecast": self.forecast, "series": self.series}
+        forecast_details: dict[str, Any] = {
+            "decided_by": self.decided_by,
+            "forecast": self.forecast,
+            "series": self.series,
+        }
+        if self.audit:
+            forecast_details["audit"] = True
         if self.forecast_note:
             forecast_details["forecast_note"] = self.forecast_note
+        verdict_details: dict[str, Any] = {
+            "verdict": self.verdict_word,
+            "alpha": self.alpha,
+            "on_inconclusive": self.on_inconclusive,
+            "items_needed": None if self.verdict is None else self.verdict.items_needed,
+            "items_total": self.items_total if self.items_total is not None else (self.n or None),
+            "looks": self.looks if self.decided_by == "measurement" else 0,
+        }
         if self.decided_by == "forecast":
+            verdict_details["verdict"] = "pass" if self.passed else "inconclusive"
             return CheckRecord(
                 name=name, kind="retention", candidate=candidate, metric=self.metric, base_value=self.base_value,
                 budget=self.allowance,
                 details={"tasks": list(self.tasks), "gate": self.gate, "max_drop": self.max_drop,
                          "max_drop_relative": self.max_drop_relative, "higher_is_better": self.higher_is_better,
-                         "base_cached": self.base_cached, **forecast_details},
+                         "base_cached": self.base_cached, **verdict_details, **forecast_details},
             )  # fmt: skip
         lo, hi = self.drop_ci
         details: dict[str, Any] = {
@@ -153,6 +217,7 @@ class RetentionResult:
             "gate": self.gate,
             "drop": self.drop,
             "drop_ci": [lo, hi],
+            "ci_level": self.ci_level,
             "max_drop": self.max_drop,
             "max_drop_relative": self.max_drop_relative,
             "higher_is_better": self.higher_is_better,
@@ -161,10 +226,12 @@ class RetentionResult:
             "lost": self.lost,
             "gained": self.gained,
             "per_task": [vars(t) for t in self.per_task],
+            **verdict_details,
             **forecast_details,
         }
-        if self.underpowered(name):
-            details["underpowered"] = True
+        if self.verdict is not None:
+            details["method"] = self.verdict.method
+            details["provable"] = self.verdict.provable
         return CheckRecord(
             name=name,
             kind="retention",
@@ -183,8 +250,8 @@ class RetentionResult:
         )
 
     def failure_message(self, candidate: str, name: str) -> str:
-        """What a failed gate says: scores, the drop and its CI against the allowance, the items that flipped."""
-        lo, hi = self.drop_ci
+        """What a failed gate says: scores, the verdict with the drop's bounds against the allowance, the
+        items that flipped, and what would decide an inconclusive one."""
         flips = "\n".join(
             f"    [{f.task} #{f.doc_id}] ...{f.prompt[-120:]!r} -> right {f.target!r}; base said "
             f"{f.base_answer!r}, candidate said {f.candidate_answer!r}"
@@ -193,26 +260,35 @@ class RetentionResult:
         per_task = "\n".join(
             f"    {t.task}: {t.base_value:.4g} -> {t.candidate_value:.4g} ({t.n} items)" for t in self.per_task
         )
-        underpowered = self.underpowered(name)
-        allowance = self.allowance if self.allowance is not None else float("nan")
+        word = self.verdict_word or "fail"
+        head = "capability forgotten" if word == "fail" else "retention not shown"
+        if self.verdict is not None and self.gate != "observed":
+            decision = f"  {self.verdict.explain()}\n"
+        else:
+            lo, hi = self.drop_ci
+            allowance = self.allowance if self.allowance is not None else float("nan")
+            decision = (
+                f"  drop {self.drop:+.4g} ({self.ci_level:.0%} interval {lo:+.4g}..{hi:+.4g}) vs allowed {allowance:.4g}"
+                " (gate: observed, the point estimate: no error rate)\n"
+            )
         return (
-            f"capability forgotten by candidate {candidate!r} (gate: {self.gate}):\n"
+            f"{head} by candidate {candidate!r} (verdict: {word}, alpha {self.alpha:g}, gate: {self.gate}):\n"
             f"  {self.summary()}\n"
-            f"  drop {self.drop:+.4g} (95% CI {lo:+.4g}..{hi:+.4g}) vs allowed {allowance:.4g}\n"
+            + decision
             + (f"  per task:\n{per_task}\n" if len(self.per_task) > 1 else "")
             + (
                 f"  items the base got right and the candidate got wrong (first {len(self.flipped)}):\n{flips}"
                 if flips
                 else ""
             )
-            + (f"\n  note: {underpowered}" if underpowered else "")
-        )
+        ).rstrip("\n")
 
     def summary(self) -> str:
         p = "" if self.p_value is None else f", McNemar p = {self.p_value:.3g} ({self.lost} lost, {self.gained} gained)"
+        lo, hi = self.ci_low, self.ci_high
         return (
             f"{self.metric} base {self.base_value:.4g} -> candidate {self.candidate_value:.4g} "
-            f"(delta {self.delta:+.4g}, 95% CI {self.ci_low:+.4g}..{self.ci_high:+.4g}) on {self.n} paired items"
+            f"(delta {self.delta:+.4g}, {self.ci_level:.0%} interval {lo:+.4g}..{hi:+.4g}) on {self.n} paired items"
             f" of {', '.join(self.tasks)}{p}"
         )
 
@@ -229,26 +305,17 @@ def allowance_for(base_value: float, max_drop: float | None, max_drop_relative: 
     return min(options)
 
 
-def gate_passes(result: RetentionResult, allowance: float, gate: str) -> bool:
-    """The documented gate policies.
+def decide(result: RetentionResult, max_drop: float | None, max_drop_relative: float | None, alpha: float) -> Verdict:
+    """The verdict on a measured result's paired items (:mod:`.evidence.paired`)."""
+    from .evidence.paired import decide_items
 
-    observed:    pass unless the observed drop exceeds the allowance (default);
-    significant: fail only when the drop exceeds the allowance with 95% confidence
-                 (the CI's low end of the drop is above it): no failures on noise;
-    strict:      pass only when the data show the drop is within the allowance
-                 (the CI's high end of the drop is at most the allowance).
-    """
-    if gate not in GATES:
-        raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
-    lo, hi = result.drop_ci
-    numbers = (result.drop, lo, hi, result.base_value, result.candidate_value)
-    if not all(math.isfinite(x) for x in numbers):
-        return False
-    if gate == "observed":
-        return result.drop <= allowance
-    if gate == "significant":
-        return lo <= allowance
-    return hi <= allowance
+    if result.paired is None:
+        raise RetentionError("no paired items to decide on")
+    bv, cv = result.paired
+    try:
+        return decide_items(bv, cv, result.higher_is_better, max_drop, max_drop_relative, alpha)
+    except ValueError as exc:
+        raise RetentionError(f"{', '.join(result.tasks)}: {exc}") from None
 
 
 def compare(
@@ -341,4 +408,6 @@ def compare(
         gained=gained,
         per_task=per_task,
         flipped=flipped,
+        items_total=len(base_items),
+        paired=(bv, cv),
     )

@@ -60,6 +60,7 @@ class Key:
     minimum: float | None = None
     exclusive_minimum: float | None = None
     exclusive_maximum: float | None = None
+    maximum: float | None = None
     count_or_fraction: bool = False  # a fraction in (0, 1] or a whole number (lm-eval's ``limit``)
     enum: tuple[str, ...] = ()
     pattern: str | None = None  # anchored (^...$): Python's re and ECMA-262 (JSON Schema) read it alike
@@ -180,9 +181,24 @@ RETENTION_KEYS: dict[str, Key] = {
     ),
     "gate": Key(
         ("string",),
-        "`observed` drop, `significant` (fail only with 95% confidence) or `strict` (pass only with it)",
-        default="observed",
-        enum=("observed", "significant", "strict"),
+        "`strict`: the verdict at `alpha` (pass on evidence); `significant`: the same, an inconclusive "
+        "verdict passes; `observed`: the point estimate against the allowance (no error rate)",
+        default="strict",
+        enum=("strict", "significant", "observed"),
+    ),
+    "alpha": Key(
+        ("number",),
+        "the verdict's error rate: a candidate whose true drop is at the allowance passes with at most this "
+        "probability; `--fg-alpha` / `forgetguard_alpha` / `FORGETGUARD_ALPHA` win over it",
+        default_doc="`0.05`",
+        exclusive_minimum=0,
+        exclusive_maximum=0.5,
+    ),
+    "on_inconclusive": Key(
+        ("string",),
+        "what an inconclusive verdict (the items cannot decide) does to the build: `fail` or `pass` with a warning",
+        default="fail",
+        enum=("fail", "pass"),
     ),
     "num_fewshot": Key(("integer",), "few-shot examples per prompt", default_doc="the task's own", minimum=0),
     "limit": Key(
@@ -208,15 +224,24 @@ RETENTION_KEYS: dict[str, Key] = {
     ),
     "forecast_coverage": Key(
         ("number",),
-        "coverage of the forecast's prediction interval (jackknife+)",
+        "coverage of the forecast's prediction interval shown (conformal); the skip uses the upper bound at `alpha`",
         default=0.9,
         exclusive_minimum=0,
         exclusive_maximum=1,
     ),
     "skip_if_forecast_within": Key(
         ("boolean",),
-        "when the whole forecast interval lies within the allowance, decide by forecast without running lm-eval",
+        "when the forecast's upper bound at `alpha` lies within the allowance (on enough evidence), decide by "
+        "forecast without running lm-eval",
         default=False,
+    ),
+    "audit_rate": Key(
+        ("number",),
+        "the seeded share of checks a forecast could decide that are measured anyway, so the history learns "
+        "how often forecasts hold",
+        default=0.1,
+        minimum=0,
+        maximum=1,
     ),
 }
 DRIFT_KEYS: dict[str, Key] = {
@@ -276,6 +301,8 @@ def _key_schema(key: Key) -> dict[str, Any]:
         bounds["exclusiveMinimum"] = key.exclusive_minimum
     if key.exclusive_maximum is not None:
         bounds["exclusiveMaximum"] = key.exclusive_maximum
+    if key.maximum is not None:
+        bounds["maximum"] = key.maximum
     choices: list[dict[str, Any]] = []
     for kind in key.types:
         if kind == "string":
@@ -421,6 +448,8 @@ def _type_text(key: Key) -> str:
         text += f" > {key.exclusive_minimum:g}"
     if key.exclusive_maximum is not None:
         text += f", < {key.exclusive_maximum:g}"
+    if key.maximum is not None:
+        text += f", ≤ {key.maximum:g}"
     if key.count_or_fraction:
         text += ", whole above 1"
     if key.pattern and key.hint:

@@ -171,6 +171,7 @@ class ForgetguardSession:
             parallel=self.parallel,
             forecasts=self.forecasts,
             base_states=self.base_states,
+            alpha=self.settings.alpha,
         )
 
     def record_error(self, name: str, kind: str, candidate: str, exc: BaseException) -> None:
@@ -304,6 +305,8 @@ class RunForecasts:
     def __init__(self, session: ForgetguardSession) -> None:
         self.session = session
         self._rows: list[Any] | None = None
+        # The KL checks of the suite whose item runs now (set by the item), by name: their options.
+        self.suite_kl: dict[str, dict[str, Any]] = {}
 
     @property
     def skip_allowed(self) -> bool:
@@ -314,6 +317,10 @@ class RunForecasts:
             if rec.kind == "kl" and rec.name == check and rec.candidate == candidate:
                 return rec
         return None
+
+    def kl_options(self, check: str) -> dict[str, Any] | None:
+        options = self.suite_kl.get(check)
+        return None if options is None else dict(options)
 
     def points(
         self, kl_series: str, retention_series: str, base_fingerprint: str | None, exclude_candidate: str | None

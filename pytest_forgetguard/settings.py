@@ -61,6 +61,8 @@ class Settings:
     no_history: bool = False
     # Run every retention check, also those a forecast could decide (nightly, release).
     no_forecast_skip: bool = False
+    # Every verdict's error rate (--fg-alpha); None: each check's own (default 0.05).
+    alpha: float | None = None
 
     @property
     def history_path(self) -> Path | None:
@@ -246,6 +248,25 @@ def resolve(
         bool(cli.get("no_forecast_skip")) or no_skip_env in ("1", "true", "yes") or bool(ini.get("no_forecast_skip"))
     )
 
+    alpha_raw = _first(cli.get("alpha"), env.get("FORGETGUARD_ALPHA"), ini.get("alpha"))
+    alpha: float | None = None
+    if alpha_raw is not None:
+        alpha_from = (
+            "--fg-alpha"
+            if cli.get("alpha")
+            else "FORGETGUARD_ALPHA"
+            if env.get("FORGETGUARD_ALPHA")
+            else "forgetguard_alpha"
+        )
+        try:
+            alpha = float(str(alpha_raw))
+        except ValueError:
+            raise SettingsError(alpha_from, f"not a number: {alpha_raw!r}") from None
+        if not 0.0 < alpha < 0.5:
+            raise SettingsError(
+                alpha_from, f"must be in (0, 0.5) (the false-pass rate at the allowance), got {alpha_raw}"
+            )
+
     def report(key: str, flag: str) -> Path | None:
         raw = cli.get(key)
         if not raw:
@@ -269,4 +290,5 @@ def resolve(
         history=history,
         no_history=bool(cli.get("no_history")),
         no_forecast_skip=no_forecast_skip,
+        alpha=alpha,
     )

@@ -167,6 +167,8 @@ def _number(where: _Where, keys: tuple[Any, ...], label: str, value: float, key:
         raise where.error(keys, f"{label}: must be > {key.exclusive_minimum:g}, got {value!r}")
     if key.exclusive_maximum is not None and value >= key.exclusive_maximum:
         raise where.error(keys, f"{label}: must be < {key.exclusive_maximum:g}, got {value!r}")
+    if key.maximum is not None and value > key.maximum:
+        raise where.error(keys, f"{label}: must be <= {key.maximum:g}, got {value!r}")
     if key.count_or_fraction and value > 1 and not float(value).is_integer():
         raise where.error(keys, f"{label}: a whole number of items or a fraction in (0, 1], got {value!r}")
     return value

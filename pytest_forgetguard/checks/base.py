@@ -52,6 +52,10 @@ class ForecastSource(Protocol):
     def kl_record(self, check: str, candidate: str) -> CheckRecord | None:
         """The latest record of KL check ``check`` for ``candidate`` in this run (this process), if any."""
 
+    def kl_options(self, check: str) -> dict[str, Any] | None:
+        """The options (``budget`` included) of the running suite's KL check ``check``, to measure it where
+        it has not run in this process; None outside a suite."""
+
     def points(
         self, kl_series: str, retention_series: str, base_fingerprint: str | None, exclude_candidate: str | None
     ) -> list[tuple[float, float]]:
@@ -122,7 +126,8 @@ class PairChecks:
     ``record`` receives a :class:`~pytest_forgetguard.records.CheckRecord` for
     every gate (pass, fail or error); ``default_name`` names gates called
     without ``name`` (the fixture passes the running test's id). ``parallel``
-    is set under torchrun: the ranks share each KL check's prompts.
+    is set under torchrun: the ranks share each KL check's prompts. ``alpha``
+    (``--fg-alpha``) overrides each retention check's own error rate.
     """
 
     def __init__(
@@ -137,6 +142,7 @@ class PairChecks:
         parallel: "DataParallel | None" = None,
         forecasts: ForecastSource | None = None,
         base_states: "BaseStates | None" = None,
+        alpha: float | None = None,
     ) -> None:
         self.base = base
         self.candidate = candidate
@@ -149,6 +155,7 @@ class PairChecks:
         self.forecasts = forecasts
         self.base_states = base_states  # the base's KL passes, shared by every candidate (and across runs)
         self._compatible: dict[bool, int] = {}
+        self.alpha = alpha  # --fg-alpha: every verdict's error rate, over a check's own alpha (None: not given)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} base={self.base.label!r} candidate={self.candidate.label!r}>"

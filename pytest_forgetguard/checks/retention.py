@@ -4,32 +4,41 @@ Options (enums and defaults: :data:`~pytest_forgetguard.schema.RETENTION_KEYS`):
 ``task`` (one or more lm-eval tasks, pooled over their items), ``metric``,
 ``include_path``, ``num_fewshot``, ``limit``, ``filter``, ``batch_size``,
 ``apply_chat_template``, ``backend``; the gate: ``max_drop`` and/or
-``max_drop_relative`` with a ``gate`` policy (observed, significant, strict).
+``max_drop_relative``, decided at ``alpha`` (pass / fail / inconclusive, see
+:mod:`pytest_forgetguard.evidence.verdicts`) with ``on_inconclusive`` and the
+``gate`` policy (strict, significant, observed).
 The base's per-item results are cached by its content fingerprint.
 
 Example (in a test)::
 
     def test_keeps_capitals(forgetguard):
-        forgetguard.assert_retained("fg_capitals", max_drop=0.05, gate="significant")
+        forgetguard.assert_retained("fg_capitals", max_drop=0.10, alpha=0.05)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import context
 from ..errors import CapabilityForgotten, ForgetguardError
-from ..retention import GATES, RetentionResult
+from ..evidence.verdicts import DEFAULT_ALPHA
+from ..retention import GATES, ON_INCONCLUSIVE, RetentionResult, allowance_for
 from .base import PairChecks, check_number
 
 if TYPE_CHECKING:
     from ..forecast import Forecast
+    from ..records import CheckRecord
 
 
 class RetentionChecks(PairChecks):
     """``retention()`` measures; ``assert_retained()`` gates on it."""
+
+    # Set by assert_retained while it measures: refuses a task too small to pass before the candidate runs.
+    _before_candidate: "Callable[[RetentionResult], None] | None" = None
 
     def retention(
         self,
@@ -70,43 +79,58 @@ class RetentionChecks(PairChecks):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         with self._measuring():
             return self._measure_retention(
-                names, metric, include_path, num_fewshot, limit, filter, batch_size, apply_chat_template, backend
-            )
+                names, metric, include_path, num_fewshot, limit, filter, batch_size, apply_chat_template, backend,
+                self._before_candidate,
+            )  # fmt: skip
 
     def assert_retained(
         self,
         task: str | Sequence[str],
         max_drop: float | None = None,
         max_drop_relative: float | None = None,
-        gate: str = "observed",
+        gate: str = "strict",
         name: str | None = None,
+        alpha: float | None = None,
+        on_inconclusive: str = "fail",
         forecast_from: str | None = None,
         forecast_coverage: float = 0.9,
         skip_if_forecast_within: bool = False,
+        audit_rate: float = 0.1,
         **retention_options: Any,
     ) -> RetentionResult:
         """Fail with :class:`~pytest_forgetguard.errors.CapabilityForgotten` when the candidate lost more than allowed.
 
         ``max_drop`` is absolute (metric units), ``max_drop_relative`` a fraction
-        of the base score; with both, the tighter applies. ``gate``: ``observed``
-        (default) fails when the observed drop exceeds the allowance;
-        ``significant`` only when it does so with 95% confidence; ``strict``
-        unless the 95% CI shows the drop is within the allowance.
+        of the base score; with both, the tighter applies. The verdict at
+        ``alpha`` (default: ``--fg-alpha``, else 0.05) is ``pass`` when the drop's
+        one-sided upper bound is within the allowance, ``fail`` when its lower
+        bound is over it, ``inconclusive`` otherwise; ``on_inconclusive``
+        (``fail``, the default, or ``pass`` with a warning) says what the last
+        does. ``gate``: ``strict`` (default) is that rule; ``significant`` the
+        same, always with ``on_inconclusive="pass"``; ``observed`` the point estimate
+        against the allowance, with no error rate.
 
-        ``forecast_from`` names a KL check that ran before for this candidate:
-        the drop is forecast from its KL value with a line fitted on the run
-        history (a jackknife+ interval at ``forecast_coverage``) and shown beside
-        the measured drop. With ``skip_if_forecast_within``, a forecast interval
-        that lies entirely within the allowance decides the check without
-        running lm-eval on the candidate (``details.decided_by: "forecast"``);
-        an interval that straddles the allowance, an extrapolation, a KL check
-        that failed, or too little history: the check runs.
+        ``forecast_from`` names a KL check of the suite (measured here when it
+        has not run in this process): the drop is forecast from its KL value
+        with a line fitted on the run history (conformal bounds: an interval at
+        ``forecast_coverage`` and a one-sided upper bound at ``alpha``) and shown
+        beside the measured drop. With ``skip_if_forecast_within``, an upper bound
+        within the allowance decides the check without running lm-eval on the
+        candidate (``details.decided_by: "forecast"``) — on evidence only (see
+        :meth:`~pytest_forgetguard.forecast.Calibration.evidence_problems`), and
+        a seeded share ``audit_rate`` of such checks is measured anyway
+        (``details.audit``), so the history learns how often forecasts hold.
         """
         __tracebackhide__ = True
         metric = str(retention_options.get("metric") or "-")
         with self._running(name, kind="retention", metric=metric) as run:  # a bad argument is recorded too
             if gate not in GATES:
                 raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+            if on_inconclusive not in ON_INCONCLUSIVE:
+                raise ValueError(
+                    f"on_inconclusive must be one of {', '.join(ON_INCONCLUSIVE)}, got {on_inconclusive!r}"
+                )
+            alpha = self.resolved_alpha(alpha)
             for label, v in (("max_drop", max_drop), ("max_drop_relative", max_drop_relative)):
                 if v is not None:
                     check_number(label, v)
@@ -114,105 +138,139 @@ class RetentionChecks(PairChecks):
                 raise ValueError("assert_retained needs max_drop (absolute) and/or max_drop_relative")
             if not (isinstance(forecast_coverage, (int, float)) and 0 < forecast_coverage < 1):
                 raise ValueError(f"forecast_coverage must be in (0, 1), got {forecast_coverage!r}")
-            forecast, note, series = None, None, None
+            if isinstance(audit_rate, bool) or not isinstance(audit_rate, (int, float)) or not 0 <= audit_rate <= 1:
+                raise ValueError(f"audit_rate must be a number in [0, 1], got {audit_rate!r}")
+            forecast, note, series, audit = None, None, None, False
             if forecast_from is not None:
-                forecast, note, series, decisive = self._forecast(
-                    forecast_from, forecast_coverage, task, retention_options
-                )
-                if skip_if_forecast_within and forecast is not None:
-                    decided = self._decide_by_forecast(forecast, decisive, task, retention_options)
-                    if isinstance(decided, RetentionResult):
-                        decided.gate_on(max_drop, max_drop_relative, gate)
-                        if decided.passed:
-                            run.finish(decided.to_record(run.name, run.candidate), True)
-                            return decided
+                plan = ForecastPlan(forecast_from, forecast_coverage, alpha, skip_if_forecast_within, audit_rate)
+                decided, forecast, note, series, audit = self._try_forecast(plan, run.name, task, retention_options)
+                if decided is not None:
+                    decided.gate_on(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
+                    if decided.passed and not audit:
+                        run.finish(decided.to_record(run.name, run.candidate), True)
+                        return decided
+                    if not decided.passed:
                         note = (
-                            f"the forecast interval reaches {forecast.high:+.4g}, over the allowance "
-                            f"{decided.allowance:.4g}: measured"
+                            f"the forecast's upper bound at alpha {alpha:g} is {forecast.upper:+.4g}, over the "  # type: ignore[union-attr]
+                            f"allowance {decided.allowance:.4g}: measured"
                         )
-                    elif decided is not None:
-                        note = decided
-            result = self.retention(task, **retention_options)
+            self._before_candidate = _planner(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
+            try:
+                result = self.retention(task, **retention_options)
+            finally:
+                self._before_candidate = None
             result.forecast = None if forecast is None else forecast.to_json()
-            result.forecast_note, result.series = note, series
-            result.gate_on(max_drop, max_drop_relative, gate)
-            if forecast is not None and note is not None and "interval reaches" not in note:
-                allowance = result.allowance
-                if allowance is not None and not forecast.high <= allowance:  # NaN-safe: says so too
-                    result.forecast_note = (
-                        f"{note}; its interval also reaches {forecast.high:+.4g}, over the allowance {allowance:.4g}"
-                    )
-            underpowered = result.underpowered(run.name)
-            if underpowered:
-                context.note(underpowered)
+            result.forecast_note, result.series, result.audit = note, series, audit
+            result.gate_on(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
+            inconclusive = result.inconclusive_note(run.name)
+            if inconclusive:
+                context.note(inconclusive)
             message = None if result.passed else result.failure_message(self.candidate.short_label, run.name)
             run.finish(result.to_record(run.name, run.candidate), result.passed, message)
             if message is not None:
                 raise CapabilityForgotten(message, result)
-            if underpowered:
+            if inconclusive:
                 # After recording: a warnings-as-errors setting must not lose the check's record.
-                self._warn(underpowered)
+                self._warn(inconclusive + f" (passed: {_why_passed(result)})")
             return result
+
+    def resolved_alpha(self, alpha: float | None) -> float:
+        """The check's alpha: ``--fg-alpha`` when given (it wins over a suite's key), else the argument,
+        else 0.05. A value outside (0, 0.5) is a ``ValueError`` naming it."""
+        value = self.alpha if self.alpha is not None else alpha
+        if value is None:
+            return DEFAULT_ALPHA
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 0.5:
+            raise ValueError(f"alpha must be a number in (0, 0.5), got {value!r}")
+        return float(value)
 
     # -- forecasts -------------------------------------------------------------------
 
+    def _try_forecast(
+        self, plan: "ForecastPlan", name: str, task: str | Sequence[str], options: dict[str, Any]
+    ) -> tuple["RetentionResult | None", "Forecast | None", str | None, str | None, bool]:
+        """(a result decided by forecast or None, the forecast, why it does not decide, this check's
+        series, whether this check is an audit: skippable, measured anyway)."""
+        forecast, note, series, decisive = self._forecast(plan, task, options)
+        if not (plan.skip and forecast is not None and decisive):
+            return None, forecast, note, series, False
+        if not self.forecasts or not self.forecasts.skip_allowed:
+            return None, forecast, "--fg-no-forecast-skip: measured", series, False
+        decided = self._decided_by_forecast(forecast, task, options)
+        audit = _audited(self.seed, name, self._fingerprint(), plan.audit_rate)
+        if audit:
+            note = f"audit: a forecast that could decide, measured anyway (audit_rate {plan.audit_rate:g})"
+        return decided, forecast, note, series, audit
+
+    def _fingerprint(self) -> str | None:
+        try:
+            return self.candidate.fingerprint
+        except ForgetguardError:
+            return None
+
     def _forecast(
-        self, kl_check: str, coverage: float, task: str | Sequence[str], options: dict[str, Any]
+        self, plan: "ForecastPlan", task: str | Sequence[str], options: dict[str, Any]
     ) -> tuple["Forecast | None", str | None, str | None, bool]:
-        """(forecast, why there is none, this check's series, whether the forecast may decide)."""
+        """(forecast, why there is none or why it may not decide, this check's series, whether it may decide)."""
         from ..forecast import Calibration
 
         source = self.forecasts
         if source is None:
             return None, "no run history in this run (--fg-no-history, or outside pytest)", None, False
-        rec = source.kl_record(kl_check, self.candidate.label)
+        rec = self._kl_for_forecast(plan.kl_check)
         if rec is None:
-            return None, f"KL check {kl_check!r} has not run for this candidate in this process", None, False
+            return None, f"KL check {plan.kl_check!r} has not run for this candidate in this process", None, False
         kl = rec.value
         if rec.error is not None or not isinstance(kl, (int, float)) or not math.isfinite(kl):
-            return None, f"KL check {kl_check!r} did not give a finite value", None, False
+            return None, f"KL check {plan.kl_check!r} did not give a finite value", None, False
         series = self._retention_series(task, options)
         kl_series = rec.details.get("series")
         if not kl_series:
-            return None, f"KL check {kl_check!r} has no series to calibrate on", series, False
-        try:
-            exclude: str | None = self.candidate.fingerprint
-        except ForgetguardError:
-            exclude = None
-        points = source.points(str(kl_series), series, self.base.fingerprint, exclude)
+            return None, f"KL check {plan.kl_check!r} has no series to calibrate on", series, False
+        points = source.points(str(kl_series), series, self.base.fingerprint, self._fingerprint())
         if len(points) < 2:
             return None, f"no calibration yet ({len(points)} past candidate(s) measured both checks)", series, False
         calibration = Calibration.fit(points)
-        forecast = calibration.forecast(float(kl), coverage, source=kl_check)
+        forecast = calibration.forecast(float(kl), plan.coverage, source=plan.kl_check, alpha=plan.alpha)
         if forecast is None:
-            more = calibration.needed(coverage)
-            return (
-                None,
-                f"{more} more measured run(s) needed for a {coverage:.0%} forecast (have {calibration.n})",
-                series,
-                False,
-            )
+            more = calibration.needed(plan.coverage)
+            why = f"{more} more measured run(s) needed for a {plan.coverage:.0%} forecast (have {calibration.n})"
+            return None, why, series, False
         if forecast.extrapolation:
             lo, hi = min(calibration.x), max(calibration.x)
-            return (
-                forecast,
-                f"KL {kl:.4g} is outside the range seen [{lo:.4g}, {hi:.4g}]: an extrapolation never decides",
-                series,
-                False,
-            )
+            why = f"KL {kl:.4g} is outside the range seen [{lo:.4g}, {hi:.4g}]: an extrapolation never decides"
+            return forecast, why, series, False
         if not rec.passed:
-            return forecast, f"KL check {kl_check!r} failed: the forecast does not decide", series, False
+            return forecast, f"KL check {plan.kl_check!r} failed: the forecast does not decide", series, False
+        problems = calibration.evidence_problems(plan.alpha)
+        if problems:
+            return forecast, "the history may not decide: " + "; ".join(problems), series, False
         return forecast, None, series, True
 
-    def _decide_by_forecast(
-        self, forecast: "Forecast", decisive: bool, task: str | Sequence[str], options: dict[str, Any]
-    ) -> "RetentionResult | str | None":
-        """A result decided by the forecast (the base's score measured or cached, the candidate's not),
-        or why the forecast cannot decide (None: a note was given already)."""
-        if not decisive:
+    def _kl_for_forecast(self, kl_check: str) -> "CheckRecord | None":
+        """The KL check's record for this candidate: from this process, or measured now from the suite's
+        options (under pytest-xdist it may have run in another worker: every process decides alike)."""
+        source = self.forecasts
+        if source is None:
             return None
-        if not self.forecasts or not self.forecasts.skip_allowed:
-            return "--fg-no-forecast-skip: measured"
+        found = source.kl_record(kl_check, self.candidate.label)
+        if found is not None:
+            return found
+        spec = source.kl_options(kl_check)
+        if spec is None:
+            return None
+        options = dict(spec)
+        budget = options.pop("budget")
+        result = self.kl(**options)  # type: ignore[attr-defined]  # KLChecks: the same pair of models
+        result.budget = budget
+        rec: CheckRecord = result.to_record(kl_check, self.candidate.label)
+        rec.settle(result.passed)
+        return rec
+
+    def _decided_by_forecast(
+        self, forecast: "Forecast", task: str | Sequence[str], options: dict[str, Any]
+    ) -> RetentionResult:
+        """A result decided by the forecast (the base's score measured or cached, the candidate's not)."""
         from ..lmeval import evaluate, lm_eval_aggregation
         from ..retention import compare
 
@@ -229,7 +287,7 @@ class RetentionChecks(PairChecks):
             tasks=base.tasks, metric=base.metric, filter=base.filter, higher_is_better=base.higher_is_better,
             base_value=base.base_value, candidate_value=float("nan"), ci_low=float("nan"), ci_high=float("nan"),
             n=0, p_value=None, lost=None, gained=None, per_task=[], decided_by="forecast",
-            forecast=forecast.to_json(), series=self._retention_series(task, options),
+            forecast=forecast.to_json(), series=self._retention_series(task, options), items_total=base.n,
         )  # fmt: skip
 
     def _retention_series(self, task: str | Sequence[str], options: dict[str, Any]) -> str:
@@ -261,6 +319,7 @@ class RetentionChecks(PairChecks):
         batch_size: int,
         apply_chat_template: bool,
         backend: str,
+        before_candidate: "Callable[[RetentionResult], None] | None" = None,
     ) -> RetentionResult:
         from ..lmeval import evaluate, find_tasks, lm_eval_aggregation
         from ..retention import compare
@@ -282,12 +341,70 @@ class RetentionChecks(PairChecks):
         misses = self.cache.misses if self.cache is not None else 0
         base_runs = evaluate(self.base, names, cache=self.cache, settings=settings, **options)
         base_cached = self.cache is not None and self.cache.misses == misses
+        if before_candidate is not None:
+            # The base against itself: the task's items, metric and direction, before the candidate's cost.
+            before_candidate(
+                compare(base_runs, base_runs, metric=metric, filter_=filter, seed=self.seed, aggregation_fn=lm_eval_aggregation)
+            )  # fmt: skip
         cand_runs = evaluate(self.candidate, names, **options)
         result = compare(
             base_runs, cand_runs, metric=metric, filter_=filter, seed=self.seed, aggregation_fn=lm_eval_aggregation
         )
         result.base_cached = base_cached
         return result
+
+
+@dataclass(frozen=True)
+class ForecastPlan:
+    """A retention check's forecast options: the KL check, the interval's coverage, the alpha its upper
+    bound is taken at, whether it may skip the measurement, and the share of skips audited."""
+
+    kl_check: str
+    coverage: float
+    alpha: float
+    skip: bool
+    audit_rate: float
+
+
+def _audited(seed: int, name: str, fingerprint: str | None, rate: float) -> bool:
+    """Whether a check a forecast could decide is measured anyway: a seeded draw from the run's seed, the
+    check and the candidate, so every process (serial, xdist, torchrun) and every rerun draws alike."""
+    if rate <= 0:
+        return False
+    digest = hashlib.sha256(f"{seed}|{name}|{fingerprint}".encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13 < rate
+
+
+def _planner(
+    max_drop: float | None, max_drop_relative: float | None, gate: str, alpha: float, on_inconclusive: str
+) -> "Callable[[RetentionResult], None]":
+    """A check, run on the base's results before the candidate is evaluated, that refuses a task too small
+    to ever pass: binary items fewer than a pass needs even when no item flips (strict gate, inconclusive
+    fails). Spending the candidate's evaluation on it could only end inconclusive."""
+
+    def plan(base: RetentionResult) -> None:
+        from ..evidence.planning import minimum_items
+
+        if gate != "strict" or on_inconclusive != "fail" or base.paired is None or not base.paired[0].binary:
+            return
+        allowance = allowance_for(base.base_value, max_drop, max_drop_relative)
+        needed = minimum_items(allowance, alpha)
+        if needed is None or base.n < needed:
+            at_least = "no number of items proves a drop of 0" if needed is None else f"at least {needed} items"
+            raise ValueError(
+                f"{', '.join(base.tasks)} has {base.n} items (after limit); proving a drop within {allowance:.4g} "
+                f"at alpha {alpha:g} needs {at_least} even when no item flips, so this check could never pass. "
+                "Use more items (a larger limit or task), a larger allowance, on_inconclusive: pass, or gate: "
+                "observed (no error rate); `forgetguard plan` prints the numbers"
+            )
+
+    return plan
+
+
+def _why_passed(result: RetentionResult) -> str:
+    if result.gate == "observed":
+        return "gate: observed decides on the point estimate"
+    return "on_inconclusive: pass" if result.gate == "strict" else "gate: significant passes an inconclusive verdict"
 
 
 def run_suite_check(fg: RetentionChecks, name: str, options: dict[str, Any]) -> RetentionResult:

@@ -1,6 +1,6 @@
-"""Forecasts in real runs: a history built by measuring ten tiny candidates, then every branch of the
-decision to skip a retention check (through pytester), and the history's own guarantees under xdist and
-kill -9."""
+"""Forecasts in real runs: a history built by measuring twenty tiny candidates, then every branch of the
+decision to skip a retention check (through pytester), audits, thin evidence, and the same decisions
+serially and under xdist."""
 
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ checks:
       max_drop: {max_drop}
       forecast_from: task-kl
       skip_if_forecast_within: true
+      audit_rate: {audit_rate}
 """
-NOISE = [0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.09, 0.12]
+NOISE = [0.002, 0.003, 0.005, 0.007, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.07, 0.08,
+         0.09, 0.1, 0.11, 0.12]  # fmt: skip
 
 
-def write_project(path, kl_budget=100, max_drop=10):
+def write_project(path, kl_budget=100, max_drop=10, audit_rate=0):
     path.joinpath("pytest.ini").write_text("[pytest]\n")
     tasks = write_tasks(path / "tasks")
     ppl = (tasks / "ppl.yaml").read_text()
@@ -44,12 +46,15 @@ def write_project(path, kl_budget=100, max_drop=10):
             "aggregation: weighted_perplexity", "aggregation: bits_per_byte")
     )  # fmt: skip
     path.joinpath("prompts.jsonl").write_text(prompts_jsonl())
-    path.joinpath("forgetguard.yaml").write_text(SUITE.format(kl_budget=kl_budget, max_drop=max_drop))
+    path.joinpath("forgetguard.yaml").write_text(
+        SUITE.format(kl_budget=kl_budget, max_drop=max_drop, audit_rate=audit_rate)
+    )
 
 
 @pytest.fixture(scope="module")
 def calibrated(tiny, tmp_path_factory):
-    """Ten noisy copies of the tiny base measured once (KL and bits per byte): a history of ten points."""
+    """Twenty noisy copies of the tiny base measured once (KL and bits per byte): a history of twenty points,
+    one more than a bound at alpha 0.05 needs."""
     root = tmp_path_factory.mktemp("forecast")
     models = {f"c{i}": build_tiny_model(tiny["tokenizer"], root / f"c{i}", seed=100 + i, noise=n, base=tiny["base"])
               for i, n in enumerate(NOISE)}  # fmt: skip
@@ -59,15 +64,26 @@ def calibrated(tiny, tmp_path_factory):
     project.mkdir()
     write_project(project)
     history = root / "history.sqlite"
-    cmd = [sys.executable, "-m", "pytest", *forgetguard_args(tiny["base"], *(models[f"c{i}"] for i in range(10))),
+    cmd = [sys.executable, "-m", "pytest", *forgetguard_args(tiny["base"], *(models[f"c{i}"] for i in range(20))),
            f"--fg-history={history}", f"--fg-cache-dir={root / 'cache'}", "-p", "no:cacheprovider", "-q"]  # fmt: skip
     done = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:]
-    return {"models": models, "history": history, "cache": root / "cache", "base": tiny["base"]}
+    # Random tiny models' bits per byte hardly follow their KL (R² about 0: no forecast may decide on
+    # that, as test_thin_evidence shows). The decision logic is tested on a history whose drops do: the
+    # measured run, imported with each drop set to 0.5 x its candidate's KL (+ a little noise).
+    export = io.StringIO()
+    History(history).export_jsonl(export)
+    [line] = [json.loads(x) for x in export.getvalue().splitlines()]
+    kl_of = {c["record"]["candidate"]: c["record"]["value"] for c in line["checks"] if c["record"]["kind"] == "kl"}
+    for i, c in enumerate(c for c in line["checks"] if c["record"]["kind"] == "retention"):
+        c["record"]["details"]["drop"] = 0.5 * kl_of[c["record"]["candidate"]] * (1 + 0.05 * ((i * 7) % 5 - 2))
+    related = root / "related.sqlite"
+    assert History(related).import_jsonl([json.dumps(line)]) == (1, 0)
+    return {"models": models, "history": related, "measured": history, "cache": root / "cache", "base": tiny["base"]}
 
 
-def run(pytester, calibrated, candidate, *args, kl_budget=100, max_drop=10, history=None):
-    write_project(pytester.path, kl_budget=kl_budget, max_drop=max_drop)
+def run(pytester, calibrated, candidate, *args, kl_budget=100, max_drop=10, history=None, audit_rate=0):
+    write_project(pytester.path, kl_budget=kl_budget, max_drop=max_drop, audit_rate=audit_rate)
     copy = pytester.path / "history.sqlite"
     shutil.copy(history or calibrated["history"], copy)
     result = pytester.runpytest(
@@ -84,9 +100,9 @@ def test_within_the_allowance_the_forecast_decides_and_says_so_everywhere(pytest
     d = row["details"]
     assert d["decided_by"] == "forecast" and row["passed"] is True and row["value"] is None
     f = d["forecast"]
-    assert set(f) == {"drop", "low", "high", "n", "r2", "from", "kl", "coverage", "extrapolation"}
-    assert f["n"] == 10 and f["from"] == "task-kl" and f["coverage"] == 0.9 and f["extrapolation"] is False
-    assert f["low"] <= f["drop"] <= f["high"] <= row["budget"] == 10
+    assert set(f) == {"drop", "low", "high", "n", "r2", "from", "kl", "coverage", "extrapolation", "upper", "alpha"}
+    assert f["n"] == 20 and f["from"] == "task-kl" and f["coverage"] == 0.9 and f["extrapolation"] is False
+    assert f["low"] <= f["drop"] <= f["upper"] <= row["budget"] == 10 and f["alpha"] == 0.05
     out = result.stdout.str()
     assert "lm-eval tiny_bpb on candidate" not in out  # the candidate's lm-eval never ran
     result.stdout.fnmatch_lines(
@@ -105,8 +121,10 @@ def test_an_interval_that_straddles_the_allowance_runs_lm_eval(pytester, calibra
     result, row, _ = run(pytester, calibrated, "new", max_drop=max(middle, 0.0))
     d = row["details"]
     assert d["decided_by"] == "measurement" and isinstance(d["drop"], float)
-    assert "over the allowance" in d["forecast_note"] and d["forecast"]["high"] > row["budget"]
-    result.stdout.fnmatch_lines(["*keeps-bpb ?new?: forecast drop *; measured * — the forecast interval reaches*"])
+    assert "over the allowance" in d["forecast_note"] and d["forecast"]["upper"] > row["budget"]
+    result.stdout.fnmatch_lines(
+        ["*keeps-bpb ?new?: forecast drop *; measured * — the forecast's upper bound at alpha*"]
+    )
 
 
 def test_an_extrapolation_is_shown_and_never_decides(pytester, calibrated):
@@ -123,7 +141,7 @@ def test_a_failed_kl_check_never_lets_a_forecast_decide(pytester, calibrated):
 
 
 def test_too_little_history_says_how_many_more_runs(pytester, calibrated, tmp_path):
-    # The same measured run, with three of its ten candidates only.
+    # The same measured run, with three of its twenty candidates only.
     export = io.StringIO()
     History(calibrated["history"]).export_jsonl(export)
     [line] = [json.loads(x) for x in export.getvalue().splitlines()]
@@ -132,7 +150,41 @@ def test_too_little_history_says_how_many_more_runs(pytester, calibrated, tmp_pa
     assert History(short).import_jsonl([json.dumps(line)]) == (1, 0)
     _, row, _ = run(pytester, calibrated, "new", history=short)
     assert row["details"]["decided_by"] == "measurement" and row["details"]["forecast"] is None
-    assert "6 more measured run(s) needed for a 90% forecast (have 3)" in row["details"]["forecast_note"]
+    assert "16 more measured run(s) needed for a 90% forecast (have 3)" in row["details"]["forecast_note"]
+
+
+@pytest.mark.parametrize("fault", ["measured, R² about 0", "imported drops all 0"])
+def test_thin_evidence_shows_a_forecast_and_never_decides(pytester, calibrated, tmp_path, fault):
+    """The random tiny models' own history (drops unrelated to KL), and twenty imported rows whose drops
+    are all 0: the forecast is shown, the check measured, and the note says why."""
+    source = calibrated["measured"]
+    if fault == "imported drops all 0":
+        export = io.StringIO()
+        History(calibrated["history"]).export_jsonl(export)
+        [line] = [json.loads(x) for x in export.getvalue().splitlines()]
+        for c in line["checks"]:
+            if c["record"]["kind"] == "retention":
+                c["record"]["details"]["drop"] = 0.0
+        source = tmp_path / "flat.sqlite"
+        assert History(source).import_jsonl([json.dumps(line)]) == (1, 0)
+    _, row, _ = run(pytester, calibrated, "new", history=source)
+    d = row["details"]
+    assert d["decided_by"] == "measurement" and d["forecast"] is not None
+    assert "the history may not decide" in d["forecast_note"] and "includes 0" in d["forecast_note"]
+
+
+def test_an_audit_measures_a_check_the_forecast_could_decide(pytester, calibrated, capsys):
+    result, row, history = run(pytester, calibrated, "new", audit_rate=1.0)
+    result.assert_outcomes(passed=2)
+    d = row["details"]
+    assert d["decided_by"] == "measurement" and d["audit"] is True and d["forecast"]["upper"] <= row["budget"]
+    assert "audit" in d["forecast_note"] and isinstance(d["drop"], float)
+    from pytest_forgetguard.cli import main
+
+    capsys.readouterr()
+    assert main(["calibrate", "--history", str(history), "--json"]) == 0
+    [pair] = json.loads(capsys.readouterr().out)
+    assert pair["audits"] == 1 and pair["audits_held"] in (0, 1)
 
 
 def test_no_forecast_skip_runs_everything(pytester, calibrated):
@@ -141,14 +193,19 @@ def test_no_forecast_skip_runs_everything(pytester, calibrated):
     assert "--fg-no-forecast-skip" in row["details"]["forecast_note"]
 
 
-def test_without_its_kl_check_a_retention_check_runs(pytester, calibrated):
-    _, row, _ = run(pytester, calibrated, "new", "-k", "keeps-bpb")
-    assert row["details"]["decided_by"] == "measurement" and "has not run" in row["details"]["forecast_note"]
+def test_without_its_kl_item_a_retention_check_measures_the_kl_and_decides_alike(pytester, calibrated):
+    _, serial, _ = run(pytester, calibrated, "new")
+    _, alone, _ = run(pytester, calibrated, "new", "-k", "keeps-bpb")
+    assert alone["details"]["decided_by"] == serial["details"]["decided_by"] == "forecast"
+    assert alone["details"]["forecast"] == serial["details"]["forecast"]
 
 
-def test_under_xdist_the_controller_records_the_whole_run(pytester, calibrated):
-    result, _, history = run(pytester, calibrated, "new", "-n", "2", "--fg-no-forecast-skip")
+def test_under_xdist_the_same_decision_and_the_whole_run_recorded(pytester, calibrated):
+    _, serial, _ = run(pytester, calibrated, "new")
+    result, row, history = run(pytester, calibrated, "new", "-n", "2")
     result.assert_outcomes(passed=2)
+    assert row["details"]["decided_by"] == serial["details"]["decided_by"] == "forecast"
+    assert row["details"]["forecast"] == serial["details"]["forecast"]
     before = {r.run_id for r in History(calibrated["history"]).runs()}
     new_runs = [r for r in History(history).runs() if r.run_id not in before]
     assert len(new_runs) == 1

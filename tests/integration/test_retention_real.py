@@ -61,11 +61,11 @@ def test_damaged_candidate_fails_benign_passes_warm_cache_reuses_base(pytester, 
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
-            "*CapabilityForgotten: capability forgotten by candidate*",
-            "*acc base 0.* -> candidate 0.* (delta -0.*, 95% CI *) on 100 paired items of fg_capitals, McNemar p = *",
+            "*CapabilityForgotten: capability forgotten by candidate 'damaged' (verdict: fail, alpha 0.05, gate: strict)*",
+            "*acc base 0.* -> candidate 0.* (delta -0.*, 90% interval *) on 100 paired items of fg_capitals, McNemar p = *",
+            "*FAIL: drop +0.*, one-sided 95% bounds [[]+0.*, +0.*[]] vs allowance 0.05*",
             "*items the base got right and the candidate got wrong*",
             "*What is the capital of*right*base said*candidate said*",
-            "*note: retention check 'capitals' is underpowered*about * items would be needed (it has 100)*",
         ]
     )
     damaged = {c["name"]: c for c in json.loads(pytester.path.joinpath("damaged.json").read_text())["checks"]}

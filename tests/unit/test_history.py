@@ -132,25 +132,26 @@ def test_a_file_that_is_not_a_history_or_of_another_schema_is_a_clear_error(tmp_
 def test_the_command_line(tmp_path, capsys):
     path = tmp_path / "h.sqlite"
     h = History(path)
-    for i, (k, d) in enumerate([(0.005, -0.0002), (0.07, 0.0005), (0.11, 0.0027), (0.27, 0.0047), (0.96, 0.023),
-                                (1.09, 0.029), (1.17, 0.025), (1.45, 0.039), (1.58, 0.038), (1.79, 0.049)]):  # fmt: skip
+    from test_forecast import POINTS  # twenty candidates: enough for a bound at alpha 0.05
+
+    for i, (k, d) in enumerate(POINTS):
         h.add_run(Run.now(git_commit=f"c{i}"), [kl(f"cand{i}", k), ret(f"cand{i}", d)])
     assert cli(["calibrate", "--history", str(path), "--json"]) == 0
     [pair] = json.loads(capsys.readouterr().out)
-    assert {"kl_check", "retention_check", "n", "slope", "r2"} <= set(pair)
-    assert (pair["kl_check"], pair["retention_check"], pair["n"], pair["runs_needed"]) == ("task-kl", "code", 10, 0)
-    assert 0 < pair["kl_budget"] < 1.79 and pair["r2"] > 0.9
+    assert {"kl_check", "retention_check", "n", "slope", "r2", "alpha", "evidence_problems", "audits"} <= set(pair)
+    assert (pair["kl_check"], pair["retention_check"], pair["n"], pair["runs_needed"]) == ("task-kl", "code", 20, 0)
+    assert 0 < pair["kl_budget"] < 1.9 and pair["r2"] > 0.9 and pair["evidence_problems"] == []
     assert cli(["calibrate", "--history", str(path)]) == 0
     table = capsys.readouterr().out
     assert "task-kl" in table and "KL budget" in table
     assert cli(["history", "--history", str(path), "--check", "code", "--last", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["candidate"] for r in rows] == ["cand8", "cand9"] and rows[0]["drop"] == 0.038
+    assert [r["candidate"] for r in rows] == ["cand18", "cand19"] and rows[0]["drop"] == 0.0402
     export = tmp_path / "h.jsonl"
     assert cli(["export", "--history", str(path), "-o", str(export)]) == 0
     capsys.readouterr()
     assert cli(["import", "--history", str(tmp_path / "copy.sqlite"), str(export), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"added": 10, "already_there": 0}
+    assert json.loads(capsys.readouterr().out) == {"added": 20, "already_there": 0}
     assert cli(["history", "--history", str(tmp_path / "nowhere.sqlite")]) == 1
     assert "no run history at" in capsys.readouterr().err
     for i in range(2):  # a young series beside it: its budget cell holds words, the column is mixed

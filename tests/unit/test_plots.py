@@ -234,6 +234,7 @@ def retained(tiny, store):
             return result
 
         fg.retention = measured  # the instance attribute shadows the method: no lm-eval run
+        limits.setdefault("gate", "observed")  # these results carry no per-item values to decide on
         try:
             fg.assert_retained("t", name=name, **limits)
         except (CapabilityForgotten, RetentionError):
@@ -369,14 +370,17 @@ def test_import_is_light_and_user_matplotlib_state_is_untouched(tmp_path):
 def test_a_failed_retention_check_stands_out_and_the_gate_is_named(mpl):
     from pytest_forgetguard.plots import FAIL_COLOR
 
-    def rec(candidate, drop, passed, gate="significant"):
+    def rec(candidate, drop, passed, verdict, gate="significant"):
         return CheckRecord(
             name="facts", kind="retention", candidate=candidate, metric="acc", value=0.6, base_value=0.7,
             budget=0.05, ci_low=-drop - 0.02, ci_high=-drop + 0.06, n=302, passed=passed,
-            details={"drop": drop, "drop_ci": [drop - 0.06, drop + 0.02], "gate": gate, "higher_is_better": True},
+            details={"drop": drop, "drop_ci": [drop - 0.06, drop + 0.02], "gate": gate, "higher_is_better": True,
+                     "verdict": verdict, "alpha": 0.05},
         )  # fmt: skip
 
-    fig = retention_figure([rec("ok", 0.0, True), rec("over", 0.08, True), rec("bad", 0.2, False)])
+    fig = retention_figure(
+        [rec("ok", 0.0, True, "pass"), rec("over", 0.08, True, "inconclusive"), rec("bad", 0.2, False, "fail")]
+    )
     [ax] = fig.axes
     assert "gate: significant" in ax.get_title()
     bad = artists(fig, "retention-drop", "bad")[0]
@@ -384,4 +388,4 @@ def test_a_failed_retention_check_stands_out_and_the_gate_is_named(mpl):
     assert artists(fig, "retention-drop", "ok")[0].get_color() != FAIL_COLOR
     ticks = {t.get_text(): t for t in ax.get_yticklabels()}
     assert ticks["bad (FAIL)"].get_color() == FAIL_COLOR
-    assert "over (PASS) — CI crosses the allowance" in ticks
+    assert "over (PASS) — inconclusive" in ticks

@@ -104,33 +104,35 @@ def test_side_by_side_needs_two_candidates():
     assert verdicts == ["FAIL", "FAIL", "FAIL"] and body[-1] == ["all checks", "", "2/2 passed", "0/1 passed"]
 
 
-def retention_rec(candidate, drop, lo, hi, gate, passed, allowance=0.05):
+def retention_rec(candidate, drop, lo, hi, gate, passed, allowance=0.05, verdict=None, needed=None):
     """A retention record as assert_retained writes it (acc: delta = -drop)."""
     return CheckRecord(
         name="facts", kind="retention", candidate=candidate, metric="acc", value=0.7 - drop, base_value=0.7,
         candidate_value=0.7 - drop, delta=-drop, budget=allowance, ci_low=-hi, ci_high=-lo, n=302, passed=passed,
-        details={"drop": drop, "drop_ci": [lo, hi], "gate": gate},
+        details={"drop": drop, "drop_ci": [lo, hi], "gate": gate, "verdict": verdict, "alpha": 0.05,
+                 "items_needed": needed},
     )  # fmt: skip
 
 
-def test_retention_rows_put_the_drop_next_to_the_allowed_drop_and_say_when_the_gate_overrode_it():
+def test_retention_rows_put_the_drop_next_to_the_allowed_drop_and_say_when_it_was_inconclusive():
     from pytest_forgetguard.report import gate_notes, side_by_side
 
     records = [
-        retention_rec("runs/a/ckpt-1", 0.08, 0.02, 0.14, "significant", passed=True),  # over, not significant
-        retention_rec("runs/b/ckpt-2", 0.01, -0.02, 0.07, "strict", passed=False),  # within, not shown to hold
-        retention_rec("runs/c/ckpt-3", 0.01, -0.01, 0.03, "observed", passed=True),
+        retention_rec("runs/a/ckpt-1", 0.08, 0.02, 0.14, "significant", True, verdict="inconclusive", needed=900),
+        retention_rec("runs/b/ckpt-2", 0.01, -0.02, 0.07, "strict", False, verdict="inconclusive", needed=1200),
+        retention_rec("runs/c/ckpt-3", 0.01, -0.01, 0.03, "strict", passed=True, verdict="pass"),
     ]
     headers, body, _ = side_by_side(records)
     assert headers == ["check", "budget", "ckpt-1", "ckpt-2", "ckpt-3"]
-    assert body[0] == ["facts", "drop ≤ 0.05", "+0.08 PASS*", "+0.01 FAIL*", "+0.01 PASS"]
+    assert body[0] == ["facts", "drop ≤ 0.05", "+0.08 PASS*", "+0.01 INCONCLUSIVE*", "+0.01 PASS"]
     assert gate_notes(records) == [
-        "* facts [ckpt-1]: over the allowance, but its 95% CI crosses it: not significant (gate: significant)",
-        "* facts [ckpt-2]: within the allowance, but its 95% CI crosses it: not shown to hold (gate: strict)",
+        "* facts [ckpt-1]: inconclusive at alpha 0.05 (about 900 items would decide it): passed by gate: significant",
+        "* facts [ckpt-2]: inconclusive at alpha 0.05 (about 1200 items would decide it): not shown to be within "
+        "the allowance",
     ]
     text = terminal_table(records)
     assert "ckpt-1" in text and "runs/a/ckpt-1" not in text  # short ids in the full table too
     md = markdown_report(records, {"spec": "models/base.gguf", "fingerprint": "f"}, candidates=[
         {"spec": "runs/a/ckpt-1", "fingerprint": "a"}])  # fmt: skip
     assert "| base `base.gguf` | `models/base.gguf` | `f` |" in md  # the full SPEC once, in the models table
-    assert "\\* facts [ckpt-1]: over the allowance" in md
+    assert "\\* facts [ckpt-1]: inconclusive at alpha 0.05" in md

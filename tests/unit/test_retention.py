@@ -11,9 +11,9 @@ from lmeval_tasks import MC_YAML, write_tasks
 
 from pytest_forgetguard.cache import ResultCache
 from pytest_forgetguard.comparison import Forgetguard
-from pytest_forgetguard.errors import ForgetguardWarning
+from pytest_forgetguard.errors import CapabilityForgotten, ForgetguardWarning
 from pytest_forgetguard.models import ModelStore
-from pytest_forgetguard.retention import RetentionError, RetentionResult, gate_passes
+from pytest_forgetguard.retention import RetentionError, RetentionResult
 
 # Most tests run lm-eval on both models (seconds each).
 pytestmark = pytest.mark.slow
@@ -138,9 +138,10 @@ def test_assert_retained_decides_and_records(tiny, tasks_dir):
     result = fg.retention("tiny_mc", include_path=tasks_dir)
     if result.drop > 0:
         with pytest.raises(AssertionError, match="capability forgotten by candidate"):
-            fg.assert_retained("tiny_mc", max_drop=0.0, include_path=tasks_dir, name="mc")
+            fg.assert_retained("tiny_mc", max_drop=0.0, gate="observed", include_path=tasks_dir, name="mc")
     else:
-        fg.assert_retained("tiny_mc", max_drop=0.0, include_path=tasks_dir, name="mc")
+        with pytest.warns(ForgetguardWarning, match="inconclusive at alpha 0.05"):
+            fg.assert_retained("tiny_mc", max_drop=0.0, gate="observed", include_path=tasks_dir, name="mc")
     rec = records[-1]
     assert (rec.kind, rec.metric, rec.base_value, rec.candidate_value) == (
         "retention",
@@ -155,60 +156,77 @@ def test_assert_retained_decides_and_records(tiny, tasks_dir):
         fg.assert_retained("tiny_mc", max_drop=0.1, gate="lenient", include_path=tasks_dir)
 
 
-def result_with(drop_lo: float, drop: float, drop_hi: float) -> RetentionResult:
-    # higher is better: drop = base - candidate; CI of delta = -CI of drop.
+def result_with(lost: int, gained: int, n: int = 400, base_right: int = 280) -> RetentionResult:
+    """A measured accuracy comparison with these counts of flipped items (higher is better)."""
+    import numpy as np
+
+    from pytest_forgetguard.stats import ItemValues
+
+    base = np.zeros(n)
+    base[:base_right] = 1.0
+    cand = base.copy()
+    cand[:lost] = 0.0  # right for the base only
+    cand[base_right : base_right + gained] = 1.0  # right for the candidate only
+    bv, cv = ItemValues(list(base), "mean"), ItemValues(list(cand), "mean")
     return RetentionResult(
-        tasks=("t",),
-        metric="acc",
-        filter="none",
-        higher_is_better=True,
-        base_value=0.8,
-        candidate_value=0.8 - drop,
-        ci_low=-drop_hi,
-        ci_high=-drop_lo,
-        n=100,
-        p_value=None,
-        lost=None,
-        gained=None,
-        per_task=[],
-    )
+        tasks=("t",), metric="acc", filter="none", higher_is_better=True, base_value=bv.value(),
+        candidate_value=cv.value(), ci_low=0.0, ci_high=0.0, n=n, p_value=None, lost=lost, gained=gained,
+        per_task=[], paired=(bv, cv),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "gate, drop_lo, drop, drop_hi, passes",
+    "lost, gained, n, gate, on_inconclusive, verdict, passes",
     [
-        ("observed", -0.01, 0.03, 0.07, False),  # observed drop 0.03 > 0.02
-        ("observed", -0.05, 0.01, 0.07, True),
-        ("significant", -0.01, 0.03, 0.07, True),  # could be noise: CI reaches below the allowance
-        ("significant", 0.025, 0.05, 0.08, False),  # confidently worse than allowed
-        ("strict", -0.05, 0.01, 0.07, False),  # not shown to be within the allowance
-        ("strict", -0.03, 0.0, 0.015, True),
+        (3, 4, 400, "strict", "fail", "pass", True),  # bounds well within 0.05
+        (60, 2, 400, "strict", "fail", "fail", False),  # drop 0.145, lower bound over 0.05
+        (9, 2, 60, "strict", "fail", "inconclusive", False),  # drop 0.117 but 60 items cannot tell
+        (9, 2, 60, "strict", "pass", "inconclusive", True),
+        (9, 2, 60, "significant", "fail", "inconclusive", True),  # significant = on_inconclusive: pass
+        (9, 2, 60, "observed", "fail", "fail", False),  # the point estimate, no error rate
+        (2, 1, 60, "observed", "fail", "pass", True),
+        (2, 1, 60, "strict", "fail", "inconclusive", False),  # 60 items cannot prove 0.05 (needs >= 61)
     ],
 )
-def test_gate_policies(gate, drop_lo, drop, drop_hi, passes):
-    assert gate_passes(result_with(drop_lo, drop, drop_hi), 0.02, gate) is passes
+def test_gate_policies(lost, gained, n, gate, on_inconclusive, verdict, passes):
+    r = result_with(lost, gained, n, base_right=n * 2 // 3)
+    r.gate_on(0.05, None, gate, alpha=0.05, on_inconclusive=on_inconclusive)
+    assert (r.verdict_word, r.passed) == (verdict, passes)
+    rec = r.to_record("k", "c")
+    rec.settle(r.passed)
+    assert rec.details["verdict"] == verdict and rec.details["alpha"] == 0.05 and rec.passed is passes
+    assert (rec.details["items_needed"] is None) == (r.verdict.verdict != "inconclusive")
+
+
+def test_a_drop_equal_to_the_allowance_is_within_it():
+    r = result_with(0, 0, 400)
+    r.gate_on(0.0, None, "observed")
+    assert r.drop == 0.0 and r.passed, "observed drop 0 at allowance 0: within"
 
 
 def test_non_finite_never_passes():
-    r = result_with(0.0, 0.0, 0.0)
+    r = result_with(0, 0)
+    r.gate_on(1.0, None, "observed")
     r.candidate_value = float("nan")
-    assert not gate_passes(r, 1.0, "observed")
+    assert not r.passed
 
 
-def test_underpowered_check_warns_with_the_items_needed(tiny, tasks_dir):
+def test_an_inconclusive_check_says_what_would_decide_it(tiny, tasks_dir):
     warnings: list[str] = []
     fg = make_fg(tiny)
     fg._warn = warnings.append
     result = fg.retention("tiny_ppl", include_path=tasks_dir)
-    assert result.ci_high > result.ci_low, "a continuous metric of distinct models has a spread"
-    allowance = (result.ci_high - result.ci_low) / 4
-    try:
-        fg.assert_retained("tiny_ppl", max_drop=allowance, gate="significant", include_path=tasks_dir)
-    except AssertionError:
-        pass
-    assert len(warnings) == 1 and "underpowered" in warnings[0]
+    width = abs(result.ci_high - result.ci_low)
+    assert width > 0, "a continuous metric of distinct models has a spread"
+    allowance = abs(result.drop) + width / 8
+    passed = fg.assert_retained("tiny_ppl", max_drop=allowance, on_inconclusive="pass", include_path=tasks_dir)
+    assert passed.verdict_word == "inconclusive" and passed.passed
+    assert len(warnings) == 1 and "inconclusive at alpha 0.05" in warnings[0] and "on_inconclusive: pass" in warnings[0]
     needed = int(warnings[0].split("about ")[1].split(" items")[0])
-    assert needed == pytest.approx(6 * 16, rel=0.05), "width/allowance = 4 -> 16x the 6 items"
+    assert needed > passed.n
+    with pytest.raises(CapabilityForgotten, match="retention not shown.*verdict: inconclusive") as info:
+        fg.assert_retained("tiny_ppl", max_drop=allowance, include_path=tasks_dir)
+    assert "items would decide it" in str(info.value)
 
 
 def test_empty_task_data_and_bad_limits_fail_clearly(tiny, tasks_dir):
