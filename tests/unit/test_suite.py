@@ -105,6 +105,26 @@ checks:
         ("checks:\n  - {name: a, retention: {task: [x, 3], max_drop: 1}}", 2, r"retention.task\[1\]: expected a str"),
         ("checks:\n  - {name: a}\n", 2, "check 'a': needs exactly one of kl, drift, retention"),
         (
+            "checks:\n  - {name: a, retention: {task: t, metric: acc, limit: 30, max_drop: 0.05}}",
+            2,
+            r"retention.limit: 30 items can never pass max_drop 0.05 at alpha 0.05: that needs at least 70 items",
+        ),
+        (
+            "checks:\n  - {name: a, retention: {task: t, metric: acc, limit: 30, max_drop: 0.05, alpha: 0.6}}",
+            2,
+            r"retention.alpha: must be < 0.5, got 0.6",
+        ),
+        (
+            "checks:\n  - {name: a, retention: {task: t, max_drop: 0.1, on_inconclusive: maybe}}",
+            2,
+            r"retention.on_inconclusive: must be one of fail, pass, got 'maybe'",
+        ),
+        (
+            "checks:\n  - {name: a, retention: {task: t, max_drop: 0.1, audit_rate: 1.5}}",
+            2,
+            r"retention.audit_rate: must be <= 1, got 1.5",
+        ),
+        (
             "checks:\n  - {name: a, drift: {max_relative_l2: 1}, kl: {prompts: prompts.jsonl, budget: 1}}",
             2,
             r"needs exactly one of kl, drift, retention \(it has kl and drift\)",
