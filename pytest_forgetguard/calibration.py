@@ -2,8 +2,9 @@
 
 A point is one candidate's KL on a KL check and its measured drop on a
 retention check **in the same run**, both of the same base: the KL row's
-value, the retention row's ``drop``. Rows that errored, are not finite, or
-were decided by a forecast (no measurement) make no point. A candidate
+value, the retention row's ``drop``. Rows that errored, are not finite, were
+decided by a forecast (no measurement), or belong to a run that did not finish
+make no point. A candidate
 measured in several runs counts once (its latest run), so a rerun does not
 weigh twice. Pairs are keyed by the two series and the base fingerprint:
 series never mix.
@@ -129,7 +130,8 @@ def points(rows: Sequence[Row], key: PairKey, exclude_candidate: str | None = No
 def _points_by_pair(rows: Sequence[Row]) -> dict[PairKey, list[Point]]:
     runs: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
-        runs.setdefault((row.run_id, _candidate_key(row)), []).append(row)
+        if row.complete:  # an interrupted run's checks are shown, never calibrated on
+            runs.setdefault((row.run_id, _candidate_key(row)), []).append(row)
     latest: dict[tuple[PairKey, str], Point] = {}
     for (_, cand), group in runs.items():
         kls = [r for r in group if r.kind == "kl" and r.series and r.error is None and _finite(r.value)]

@@ -353,6 +353,8 @@ def _history(history: Any, args: argparse.Namespace) -> int:
             "decided_by": r.decided_by,
             "series": r.series,
             "base_fingerprint": r.base_fingerprint,
+            "complete": when[r.run_id].complete,
+            "incomplete_reason": when[r.run_id].incomplete_reason,
         }
         for r in rows
     ]
@@ -365,7 +367,7 @@ def _history(history: Any, args: argparse.Namespace) -> int:
             d["metric"],
             _number(d["value"]) if d["drop"] is None else f"drop {d['drop']:+.4g}",
             d["budget"],
-            _verdict(d),
+            _verdict(d) + ("" if d["complete"] else " (run incomplete)"),
         ]
         for d in data
     ]

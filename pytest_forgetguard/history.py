@@ -39,7 +39,8 @@ from typing import IO, Any
 from .errors import ForgetguardError
 from .records import CheckRecord
 
-SCHEMA_VERSION = 1
+# 2: runs record whether they finished (complete, incomplete_reason); a schema 1 file upgrades in place.
+SCHEMA_VERSION = 2
 EXPORT_FORMAT = "pytest-forgetguard-history"
 
 _SCHEMA = """
@@ -49,7 +50,9 @@ CREATE TABLE IF NOT EXISTS runs (
     time REAL NOT NULL,
     host TEXT,
     git_commit TEXT,
-    source TEXT
+    source TEXT,
+    complete INTEGER NOT NULL DEFAULT 1,
+    incomplete_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS checks (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -87,10 +90,15 @@ class Run:
     host: str = ""
     git_commit: str | None = None
     source: str = ""  # where the run came from when it was imported or converted (a file, a machine)
+    # False for a run that did not finish (Ctrl-C, -x, an internal error): kept, shown, never calibrated on.
+    complete: bool = True
+    incomplete_reason: str | None = None
 
     @classmethod
-    def now(cls, git_commit: str | None = None, source: str = "") -> "Run":
-        return cls(uuid.uuid4().hex, time.time(), socket.gethostname(), git_commit, source)
+    def now(
+        cls, git_commit: str | None = None, source: str = "", complete: bool = True, reason: str | None = None
+    ) -> "Run":
+        return cls(uuid.uuid4().hex, time.time(), socket.gethostname(), git_commit, source, complete, reason)
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class Row:
     decided_by: str | None
     record: dict[str, Any] = field(compare=False, repr=False)
     time: float = 0.0
+    complete: bool = True  # the run it belongs to finished
 
     @property
     def forecast(self) -> dict[str, Any] | None:
@@ -175,7 +184,7 @@ def _row(r: Sequence[Any]) -> Row:
     return Row(
         run_id=r[0], seq=r[1], name=r[2], kind=r[3], series=r[4], base_fingerprint=r[5], candidate=r[6],
         candidate_fingerprint=r[7], metric=r[8], value=r[9], drop=r[10], budget=r[11], passed=bool(r[12]),
-        error=r[13], decided_by=r[14], record=json.loads(r[15]), time=r[16],
+        error=r[13], decided_by=r[14], record=json.loads(r[15]), time=r[16], complete=bool(r[17]),
     )  # fmt: skip
 
 
@@ -214,10 +223,34 @@ class History:
                     conn.execute("PRAGMA journal_mode = WAL")
                     conn.executescript(_SCHEMA)
                     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self._upgrade(conn)
                 self._check_schema(conn)
                 yield conn
             except sqlite3.DatabaseError as exc:
                 raise HistoryError(f"{self.path} is not a forgetguard run history ({exc})") from None
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Schema 1 -> 2 in place, in one transaction: runs gain ``complete`` (1: every old run finished, as
+        far as anyone knew) and ``incomplete_reason``."""
+        try:
+            found = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except sqlite3.DatabaseError:
+            return  # not a history: _check_schema says so
+        if found is None or found[0] != "1":
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ALTER TABLE runs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1")
+            conn.execute("ALTER TABLE runs ADD COLUMN incomplete_reason TEXT")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise HistoryError(
+                f"{self.path} is a schema 1 run history that could not be upgraded to {SCHEMA_VERSION} ({exc}): "
+                "make it writable, or export it with the forgetguard version that wrote it"
+            ) from None
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         try:
@@ -245,9 +278,11 @@ class History:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 added = conn.execute(
-                    "INSERT OR IGNORE INTO runs (run_id, time, host, git_commit, source) VALUES (?, ?, ?, ?, ?)",
-                    (run.run_id, run.time, run.host, run.git_commit, run.source),
-                ).rowcount
+                    "INSERT OR IGNORE INTO runs (run_id, time, host, git_commit, source, complete, incomplete_reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run.run_id, run.time, run.host, run.git_commit, run.source, int(run.complete),
+                     run.incomplete_reason),
+                ).rowcount  # fmt: skip
                 if added:
                     conn.executemany(f"INSERT INTO checks VALUES ({', '.join('?' * 16)})", rows)
                 conn.execute("COMMIT")
@@ -260,8 +295,10 @@ class History:
 
     def runs(self) -> list[Run]:
         with self._connect(write=False) as conn:
-            found = conn.execute("SELECT run_id, time, host, git_commit, source FROM runs ORDER BY time").fetchall()
-        return [Run(*r) for r in found]
+            found = conn.execute(
+                "SELECT run_id, time, host, git_commit, source, complete, incomplete_reason FROM runs ORDER BY time"
+            ).fetchall()
+        return [Run(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in found]
 
     def rows(
         self,
@@ -284,7 +321,7 @@ class History:
         query = (
             "SELECT c.run_id, c.seq, c.name, c.kind, c.series, c.base_fingerprint, c.candidate, "
             "c.candidate_fingerprint, c.metric, c.value, c.drop_value, c.budget, c.passed, c.error, c.decided_by, "
-            "c.record, r.time FROM checks c JOIN runs r USING (run_id)"
+            "c.record, r.time, r.complete FROM checks c JOIN runs r USING (run_id)"
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + " ORDER BY r.time, c.run_id, c.seq"
         )
@@ -310,6 +347,8 @@ class History:
                     "host": run.host,
                     "git_commit": run.git_commit,
                     "source": run.source,
+                    "complete": run.complete,
+                    "incomplete_reason": run.incomplete_reason,
                 },  # fmt: skip
                 "checks": [
                     {"seq": r.seq, "series": r.series, "decided_by": r.decided_by, "record": r.record}
@@ -332,8 +371,10 @@ class History:
                 raise HistoryError(f"{where}: not JSON ({exc.msg})") from None
             if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
                 raise HistoryError(f"{where}: not a pytest-forgetguard history export line")
-            if data.get("schema") != SCHEMA_VERSION:
-                raise HistoryError(f"{where}: history schema {data.get('schema')}, this version reads {SCHEMA_VERSION}")
+            if data.get("schema") not in (1, SCHEMA_VERSION):  # schema 1 exports: runs without a completeness mark
+                raise HistoryError(
+                    f"{where}: history schema {data.get('schema')}, this version reads 1 and {SCHEMA_VERSION}"
+                )
             run, rows = _parse_export(data, where)
             if self._add(run, rows):
                 added += 1
@@ -345,8 +386,11 @@ class History:
 def _parse_export(data: dict[str, Any], where: str) -> tuple[Run, list[tuple[Any, ...]]]:
     try:
         r = data["run"]
+        complete = r.get("complete", True)
+        if not isinstance(complete, bool):
+            raise TypeError("complete")
         run = Run(str(r["run_id"]), float(r["time"]), str(r.get("host") or ""), r.get("git_commit"),
-                  str(r.get("source") or ""))  # fmt: skip
+                  str(r.get("source") or ""), complete, r.get("incomplete_reason"))  # fmt: skip
         rows = []
         for check in data["checks"]:
             record = dict(check["record"])

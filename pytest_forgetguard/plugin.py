@@ -166,6 +166,46 @@ def pytest_configure(config: pytest.Config) -> None:
         settings, custom_loader=load_model, warn=context.warn, parallel=parallel
     )
     config.pluginmanager.register(_RecordCollector(session), "forgetguard-records")
+    if settings.enabled:
+        _catch_sigterm(config)
+
+
+def _catch_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled, a timeout) ends the run like Ctrl-C: pytest finishes the session, and
+    the reports and the history say the run was interrupted instead of vanishing or looking whole."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    config.add_cleanup(restore)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Whether the run finished: the reports and the history of an interrupted run say so."""
+    fg = session.config.stash.get(SESSION_KEY, None)
+    if fg is None or not fg.settings.enabled:
+        return
+    reason = None
+    stop = session.shouldfail or session.shouldstop  # -x / --maxfail set one of them, with why
+    if isinstance(stop, str) and stop:
+        reason = f"stopped early: {stop}"
+    elif exitstatus == pytest.ExitCode.INTERRUPTED:
+        reason = "interrupted (Ctrl-C or SIGTERM)"
+    elif exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+        reason = "pytest stopped on an internal error"
+    if reason is not None:
+        fg.mark_incomplete(reason)
 
 
 # Options whose value is a path. pytest chooses its rootdir and config file from the paths among its
@@ -329,12 +369,19 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     from .report import terminal_lines
 
     terminalreporter.write_sep("=", "forgetguard")
+    if session.incomplete_reason is not None:
+        terminalreporter.write_line(
+            f"INCOMPLETE run ({session.incomplete_reason}): the verdicts below are those of the checks that ran, "
+            "not the gate's",
+            red=True,
+            bold=True,
+        )
     for line, verdict in terminal_lines(session.results):
         colour = {} if verdict is None else ({"green": True} if verdict == "PASS" else {"red": True})
         terminalreporter.write_line(line, **colour)
+    _write_history(config, terminalreporter)  # first: the reports say whether the run was recorded
     for path in session.write_reports():
         terminalreporter.write_line(f"forgetguard report written to {path}")
-    _write_history(config, terminalreporter)
 
 
 def _write_history(config: pytest.Config, terminalreporter: Any = None) -> None:
@@ -348,6 +395,7 @@ def _write_history(config: pytest.Config, terminalreporter: Any = None) -> None:
     try:
         where = session.write_history(config.rootpath)
     except (ForgetguardError, OSError) as exc:  # the run's verdicts stand; say why it is not remembered
+        session.history_status = {"path": str(session.settings.history_path), "written": False, "reason": str(exc)}
         message = f"forgetguard: the run history was not written: {exc}"
         if terminalreporter is not None:
             terminalreporter.write_line(message, yellow=True)
@@ -355,7 +403,8 @@ def _write_history(config: pytest.Config, terminalreporter: Any = None) -> None:
             sys.stderr.write(message + "\n")
         return
     if where is not None and terminalreporter is not None and config.get_verbosity() >= 0:
-        terminalreporter.write_line(f"forgetguard run recorded in {where} (forgetguard history / calibrate)")
+        mark = "" if session.incomplete_reason is None else f", marked incomplete ({session.incomplete_reason})"
+        terminalreporter.write_line(f"forgetguard run recorded in {where}{mark} (forgetguard history / calibrate)")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -369,9 +418,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     # Reports are written by the terminal summary; with no terminal (or no
     # checks) make sure the requested files still exist.
+    _write_history(config)
     if session is not None and session.settings.enabled and not session.reported and _writes_reports(config):
         session.write_reports()
-    _write_history(config)
     if session is not None and session.parallel is not None:
         # Rank 0's summary and reports are out: flush them before the other ranks may exit.
         sys.stdout.flush()

@@ -180,10 +180,19 @@ def _cell(r: CheckRecord) -> str:
 
 
 def json_report(
-    records: Sequence[CheckRecord], base: dict[str, Any] | None, candidates: list[dict[str, Any]]
+    records: Sequence[CheckRecord],
+    base: dict[str, Any] | None,
+    candidates: list[dict[str, Any]],
+    incomplete_reason: str | None = None,
+    history: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The JSON report (CONTRACT.md): ``complete`` is false, with ``incomplete_reason``, for a run that did not
+    finish; ``history`` says whether the run was recorded (``path``, ``written``, ``reason``)."""
     return {
         "schema": SCHEMA_VERSION,
+        "complete": incomplete_reason is None,
+        "incomplete_reason": incomplete_reason,
+        "history": history or {"path": None, "written": False, "reason": "not recorded"},
         "base": base,
         "candidates": candidates,
         "checks": [r.to_json() for r in records],
@@ -199,6 +208,7 @@ def markdown_report(
     base: dict[str, Any] | None,
     plots: Sequence[str] = (),
     candidates: Sequence[dict[str, Any]] = (),
+    incomplete_reason: str | None = None,
 ) -> str:
     """A pull-request comment: the verdict first, then the table(s), then what failed and why.
 
@@ -208,7 +218,12 @@ def markdown_report(
     """
     failed = [r for r in records if not r.passed]
     cands = candidates_of(records)
-    if not records:
+    if incomplete_reason is not None:  # never "all passed" for a run that did not finish
+        verdict = (
+            f"⚠️ forgetguard: incomplete run ({incomplete_reason}): {len(records) - len(failed)} of the "
+            f"{len(records)} checks that ran passed; the gate did not finish"
+        )
+    elif not records:
         verdict = "⚠️ forgetguard: no checks ran"
     elif not failed:
         verdict = f"✅ forgetguard: all {len(records)} checks passed"

@@ -55,6 +55,10 @@ class ForgetguardSession:
         self._cache: ResultCache | None = None
         self._base_states: BaseStates | None = None
         self.forecasts = RunForecasts(self)
+        # Why the run did not finish (None: it did): set at session finish, said by every report.
+        self.incomplete_reason: str | None = None
+        # Whether this run reached the history: {"path", "written", "reason"} (the JSON report's "history").
+        self.history_status: dict[str, Any] = {"path": None, "written": False, "reason": "not written yet"}
 
     @property
     def store(self) -> "ModelStore":
@@ -262,15 +266,34 @@ class ForgetguardSession:
             return []
         return History(path).rows()
 
+    def mark_incomplete(self, reason: str) -> None:
+        """The run did not finish (interrupted, stopped early): its reports and history row say so."""
+        self.incomplete_reason = reason
+
     def write_history(self, rootdir: Path) -> str | None:
-        """Add this run's records to the run history, in one transaction; returns where (None: nothing written)."""
+        """Add this run's records to the run history, in one transaction; returns where (None: nothing written).
+
+        An unfinished run is kept, marked incomplete: shown by ``forgetguard history``, never calibrated on.
+        """
         from .history import History, Run, git_commit
 
         path = self.settings.history_path
         records = self.results
-        if path is None or not records:
+        if path is None:
+            self.history_status = {
+                "path": None,
+                "written": False,
+                "reason": "no history (--fg-no-history or --fg-no-cache)",
+            }
             return None
-        History(path).add_run(Run.now(git_commit=git_commit(rootdir)), records)
+        if not records:
+            self.history_status = {"path": str(path), "written": False, "reason": "no forgetguard checks ran"}
+            return None
+        run = Run.now(
+            git_commit=git_commit(rootdir), complete=self.incomplete_reason is None, reason=self.incomplete_reason
+        )
+        History(path).add_run(run, records)
+        self.history_status = {"path": str(path), "written": True, "reason": None}
         return str(path)
 
     def write_reports(self) -> list[str]:
@@ -286,10 +309,12 @@ class ForgetguardSession:
             if plots_available():
                 plots = [str(p) for p in write_plots(records, targets[0].parent, prefix=targets[0].stem)]
         if self.settings.report_json is not None:
-            write_json(self.settings.report_json, json_report(records, base, cands))
+            data = json_report(records, base, cands, self.incomplete_reason, self.history_status)
+            write_json(self.settings.report_json, data)
             written.append(str(self.settings.report_json))
         if self.settings.report_md is not None:
-            text = markdown_report(records, base, plots=[os.path.basename(p) for p in plots], candidates=cands)
+            text = markdown_report(records, base, plots=[os.path.basename(p) for p in plots], candidates=cands,
+                                   incomplete_reason=self.incomplete_reason)  # fmt: skip
             write_atomic(self.settings.report_md, text)
             written.append(str(self.settings.report_md))
         return written + plots

@@ -123,7 +123,7 @@ def test_a_file_that_is_not_a_history_or_of_another_schema_is_a_clear_error(tmp_
     History(old).add_run(Run.now(), [kl("a", 0.1)])
     with sqlite3.connect(old) as conn:
         conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema'")
-    with pytest.raises(HistoryError, match="schema 0, not 1"):
+    with pytest.raises(HistoryError, match="schema 0, not 2"):
         History(old).rows()
     with pytest.raises(HistoryError, match="no run history at .* yet"):
         History(tmp_path / "missing.sqlite").rows()
@@ -160,3 +160,56 @@ def test_the_command_line(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "more runs" in table
     assert format(pair["kl_budget"], ".4g") in table and repr(pair["kl_budget"]) not in table  # 4 digits, not 17
+
+
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, time REAL NOT NULL, host TEXT, git_commit TEXT, source TEXT);
+CREATE TABLE checks (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), seq INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+    series TEXT, base_fingerprint TEXT, candidate TEXT NOT NULL, candidate_fingerprint TEXT, metric TEXT,
+    value REAL, drop_value REAL, budget REAL, passed INTEGER NOT NULL, error TEXT, decided_by TEXT,
+    record TEXT NOT NULL, PRIMARY KEY (run_id, seq)
+);
+INSERT INTO meta VALUES ('schema', '1');
+INSERT INTO runs VALUES ('old-run', 1000.0, 'ci-7', 'abc', '');
+"""
+
+
+def test_a_schema_1_history_upgrades_in_place_and_keeps_its_runs(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_1)
+        conn.execute(
+            "INSERT INTO checks VALUES ('old-run', 0, 'task-kl', 'kl', 'kl-s', ?, 'a', 'fp-a', 'kl_forward_mean', "
+            "0.1, NULL, 1.0, 1, NULL, NULL, ?)",
+            ("b" * 16, json.dumps(kl("a", 0.1).to_json())),
+        )
+    h = History(path)
+    [run] = h.runs()
+    assert (run.run_id, run.host, run.complete, run.incomplete_reason) == ("old-run", "ci-7", True, None)
+    assert [r.value for r in h.rows()] == [0.1]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    assert h.add_run(Run.now(complete=False, reason="interrupted"), [kl("b", 0.2)])
+    assert [r.complete for r in h.runs()] == [True, False]
+
+
+def test_an_incomplete_run_is_shown_and_never_calibrated_on(tmp_path, capsys):
+    h = History(tmp_path / "h.sqlite")
+    for i in range(3):
+        h.add_run(Run.now(), [kl(f"c{i}", 0.1 * (i + 1)), ret(f"c{i}", 0.01 * (i + 1))])
+    h.add_run(Run.now(complete=False, reason="stopped early: stopping after 1 failures"), [kl("x", 0.5), ret("x", 9.0)])
+    key = PairKey("kl-s", "ret-s", "b" * 16)
+    assert sorted(p.candidate for p in points(h.rows(), key)) == ["fp-c0", "fp-c1", "fp-c2"]
+    assert cli(["history", "--history", str(h.path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["complete"] for r in rows] == [True] * 6 + [False] * 2
+    assert rows[-1]["incomplete_reason"] == "stopped early: stopping after 1 failures"
+    assert cli(["history", "--history", str(h.path)]) == 0
+    assert "(run incomplete)" in capsys.readouterr().out
+    export = io.StringIO()
+    h.export_jsonl(export)
+    copy = History(tmp_path / "copy.sqlite")
+    assert copy.import_jsonl(export.getvalue().splitlines()) == (4, 0)
+    assert [r.complete for r in copy.runs()] == [True, True, True, False]
