@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,20 @@ class PromptRecord:
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Characters that show nothing: format controls (zero-width space, joiners, BOM), other controls, private
+# use, unassigned. A text made only of these and whitespace means nothing to either model.
+_INVISIBLE = ("Cf", "Cc", "Co", "Cn")
+
+
+def visible(text: str) -> bool:
+    r"""Whether ``text`` holds a character a reader would see.
+
+    >>> visible("What is 2 + 2?"), visible("  \n"), visible("\u200b")
+    (True, False, False)
+    """
+    return any(not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE for ch in text)
+
+
 def _record(index: int, item: Any, where: str) -> PromptRecord:
     if isinstance(item, str):
         item = {"prompt": item}
@@ -58,8 +73,11 @@ def _record(index: int, item: Any, where: str) -> PromptRecord:
     prompt, messages, response = item.get("prompt"), item.get("messages"), item.get("response")
     if (prompt is None) == (messages is None):
         raise PromptFileError(f"{where}: give exactly one of 'prompt' (text) or 'messages' (chat list)")
-    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
-        raise PromptFileError(f"{where}: 'prompt' must be a non-empty string")
+    if prompt is not None and (not isinstance(prompt, str) or not visible(prompt)):
+        blank = isinstance(prompt, str) and prompt != ""
+        raise PromptFileError(
+            f"{where}: 'prompt' must be a non-empty string" + (f" with visible text, got {prompt!r}" if blank else "")
+        )
     if messages is not None:
         ok = (
             isinstance(messages, list)
@@ -71,9 +89,19 @@ def _record(index: int, item: Any, where: str) -> PromptRecord:
         )
         if not ok:
             raise PromptFileError(f"{where}: 'messages' must be a non-empty list of {{'role': str, 'content': str}}")
+        for i, m in enumerate(messages, 1):
+            if not visible(m["content"]):
+                raise PromptFileError(
+                    f"{where}: message {i} ({m['role']!r}) has no visible content ({m['content']!r}); "
+                    "remove the message or give it text"
+                )
         messages = tuple(dict(m) for m in messages)
-    if response is not None and (not isinstance(response, str) or not response):
-        raise PromptFileError(f"{where}: 'response' must be a non-empty string")
+    if response is not None and (not isinstance(response, str) or not visible(response)):
+        blank = isinstance(response, str) and response != ""
+        raise PromptFileError(
+            f"{where}: 'response' must be a non-empty string"
+            + (f" with visible text, got {response!r}" if blank else "")
+        )
     return PromptRecord(index=index, prompt=prompt, messages=messages, response=response, source=where)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,10 +134,14 @@ def load_adapter(adapter_dir: Path, label: str, base: "ModelHandle", options: Lo
     base.load()
     name = "fg_" + hashlib.sha256(str(adapter_dir).encode()).hexdigest()[:8]
     try:
-        peft_model = base.attach_adapter(adapter_dir, name)
+        with warnings.catch_warnings():
+            # PEFT's warning for adapter keys that match no module: _check_applied turns it into a clear error.
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            peft_model = base.attach_adapter(adapter_dir, name)
     except Exception as exc:
         raise ModelLoadError(f"could not load PEFT adapter {label!r}: {_explain_load_error(exc, adapter_dir)}") from exc
     own = [(pname, param) for pname, param in peft_model.named_parameters() if f".{name}." in pname]
+    _check_applied(label, adapter_dir, own, name)
     if any(adapter_dir.glob("tokenizer*")):
         tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
         _prepare(label, None, tokenizer, options)
@@ -148,14 +153,13 @@ def load_adapter(adapter_dir: Path, label: str, base: "ModelHandle", options: Lo
             _check_finite(label, pname, param)
         peft_model.set_adapter(name)
         _probe_outputs(label, peft_model, tokenizer)
-    notices = []
     if _adapter_is_identity(own, name):
-        notices.append(
+        raise ModelLoadError(
             f"PEFT adapter {label!r} changes nothing: every LoRA B matrix is zero (as PEFT initialises them), "
-            "so the candidate computes exactly what its base does; was it trained and saved?"
+            "so the candidate would compute exactly what its base does and pass every check; was it trained "
+            "and saved after training?"
         )
-        options.warn(notices[-1])
-    return LoadedModel(peft_model, tokenizer, adapter_name=name, notices=tuple(notices))
+    return LoadedModel(peft_model, tokenizer, adapter_name=name)
 
 
 def hub_snapshot(spec: ModelSpec) -> Path:
@@ -193,6 +197,28 @@ def _prepare(label: str, model: Any, tokenizer: Any, options: LoadOptions) -> No
         tokenizer.pad_token = tokenizer.eos_token
     if model is not None and options.check:
         _probe_outputs(label, model, tokenizer)
+
+
+def _check_applied(label: str, adapter_dir: Path, own: list[tuple[str, Any]], name: str) -> None:
+    """Every tensor the adapter file holds must have landed on a module of the base. PEFT skips keys that
+    match no module without an error, leaving its freshly initialised (no-op) LoRA in their place: such a
+    candidate *is* its base and would pass every check."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as fh:
+            saved = set(fh.keys())
+    except Exception as exc:  # a corrupt file: the load above would normally have failed already
+        raise ModelLoadError(f"PEFT adapter {label!r}: cannot read adapter_model.safetensors ({exc})") from None
+    landed = {pname.replace(f".{name}", "") for pname, _ in own}
+    unmatched = sorted(saved - landed)
+    if unmatched:
+        what = "applies nothing" if len(unmatched) == len(saved) else "applies only part of itself"
+        raise ModelLoadError(
+            f"PEFT adapter {label!r} {what}: {len(unmatched)} of its {len(saved)} tensors match no module of the "
+            f"base (first: {unmatched[0]!r}). Was it trained on another model, or saved with other module "
+            "names? Check adapter_config.json's base_model_name_or_path and target_modules"
+        )
 
 
 def _adapter_is_identity(params: list[tuple[str, Any]], name: str) -> bool:
@@ -261,6 +287,44 @@ def _probe_outputs(label: str, model: Any, tokenizer: Any) -> None:
             f"model {label!r} gives NaN/inf logits on a plain input ({PROBE_TEXT!r}) although its weights are "
             "finite: they overflow (a diverged fine-tune, or weights scaled far out of range)"
         )
+    why = degenerate_logits(logits[0], tokenizer)
+    if why is not None:
+        raise ModelLoadError(
+            f"model {label!r} is degenerate: on a plain input ({PROBE_TEXT!r}, {len(ids)} tokens) {why}. Such a "
+            "model scores like any other in lm-eval and could pass a retention check on a small task; a collapsed "
+            "fine-tune or zeroed weights?"
+        )
+
+
+def degenerate_logits(logits: "torch.Tensor", tokenizer: Any = None) -> str | None:
+    """What makes a model's next-token logits [positions, vocab] useless (None when nothing does): the same
+    logit for every token (a flat distribution), the same distribution at every position (the input is
+    ignored), or all probability on one token everywhere.
+
+    >>> import torch
+    >>> degenerate_logits(torch.zeros(4, 10))
+    'its logits are equal for every token at every position (a flat distribution over the 10 tokens)'
+    >>> degenerate_logits(torch.randn(4, 10)) is None
+    True
+    """
+    import torch
+
+    x = logits.detach().double()
+    finite = torch.isfinite(x)
+    scale = max(1.0, float(x[finite].abs().max())) if bool(finite.any()) else 1.0
+    x = torch.where(finite, x, torch.full_like(x, -1e30))  # a ruled-out token (-inf) is fine
+    spread = x.max(dim=-1).values - x.min(dim=-1).values
+    if bool((spread <= 1e-6 * scale).all()):
+        return f"its logits are equal for every token at every position (a flat distribution over the {x.shape[-1]} tokens)"
+    probs = torch.softmax(x, dim=-1)
+    top = probs.argmax(dim=-1)
+    if bool((probs.max(dim=-1).values >= 1 - 1e-6).all()) and bool((top == top[0]).all()):
+        token = int(top[0])
+        shown = repr(tokenizer.decode([token])) if tokenizer is not None else str(token)
+        return f"it puts all probability on one token ({shown}, id {token}) at every position"
+    if x.shape[0] >= 3 and bool(((x - x[0]).abs() <= 1e-5 * scale).all()):
+        return "its next-token distribution is the same at every position: it ignores its input"
+    return None
 
 
 def _check_finite(label: str, name: str, param: "torch.Tensor") -> None:

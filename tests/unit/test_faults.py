@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import re
-import warnings
+import shutil
 
 import numpy as np
 import pytest
@@ -239,15 +239,28 @@ def test_remote_code_never_runs_without_the_flag(tiny, faulty):
     assert not (faulty["remote_code"] / "CODE_RAN").exists()
 
 
-def test_an_adapter_that_changes_nothing_warns_on_every_check(tiny, faulty, tasks):
+def test_an_adapter_that_changes_nothing_is_an_error_on_every_check(tiny, faulty, tasks):
     fg, records = pair({**tiny, **faulty}, "base", "zero_lora")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    for kind in ("kl", "drift"):
+        with pytest.raises(ModelLoadError, match="changes nothing: every LoRA B matrix is zero"):
+            run_check(fg, kind, tasks)
+    assert len(records) == 2 and all(r.error and not r.passed for r in records)
+
+
+def test_an_adapter_whose_keys_match_no_module_is_an_error_naming_the_first(tiny, tmp_path, tasks):
+    """PEFT loads such an adapter without a word: its LoRA stays at init and the candidate is the base."""
+    from builders import edit_adapter
+    from safetensors.torch import load_file, save_file
+
+    moved = edit_adapter(tiny["lora"], tmp_path / "moved", lambda n, t: t)
+    weights = moved / "adapter_model.safetensors"
+    save_file({k.replace("layers.", "blocks."): v for k, v in load_file(weights).items()}, weights)
+    fg, records = pair({**tiny, "moved": moved}, "base", "moved")
+    with pytest.raises(ModelLoadError, match=r"applies nothing: \d+ of its \d+ tensors match no module of the base "
+                                             r"\(first: 'base_model.model.model.blocks.0"):  # fmt: skip
         run_check(fg, "kl", tasks)
+    with pytest.raises(ModelLoadError, match="applies nothing"):  # unusable for every later check
         run_check(fg, "drift", tasks)
-    assert any("changes nothing: every LoRA B matrix is zero" in str(w.message) for w in caught)
-    for rec in records:
-        assert rec.passed and any("changes nothing" in w for w in rec.details["warnings"])
 
 
 def test_an_over_long_prompt_is_an_error_before_any_scoring(tiny):
@@ -320,3 +333,45 @@ def test_retention_limit_must_be_a_count_or_a_fraction(tiny, tasks):
     for bad in (1.5, 0, -1, True, "2"):
         with pytest.raises(ValueError, match="whole number .* or a fraction in \\(0, 1\\]"):
             fg.retention("tiny_mc", include_path=tasks, limit=bad)
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        ("model.norm.weight", "its logits are equal for every token at every position"),
+        ("model.embed_tokens.weight", "the same at every position: it ignores its input"),
+    ],
+)
+def test_a_degenerate_model_is_an_error_before_any_check_can_pass(tiny, tmp_path, tasks, edit, why):
+    """A collapsed model (a zeroed final norm: flat logits; every token embedded alike: the input ignored)
+    would be scored by lm-eval like any other: it is refused when it loads, with what was constant."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["candidate"])
+    with torch.no_grad():
+        weight = dict(model.named_parameters())[edit]
+        weight.copy_(torch.zeros_like(weight) if edit.endswith("norm.weight") else weight[0].expand_as(weight))
+    model.save_pretrained(tmp_path / "collapsed", safe_serialization=True)
+    for f in tiny["candidate"].glob("tokenizer*"):
+        shutil.copy(f, tmp_path / "collapsed")
+    fg, records = pair({**tiny, "collapsed": tmp_path / "collapsed"}, "base", "collapsed")
+    for kind in ("retention", "drift"):  # a drift check never looks at outputs: refused all the same
+        with pytest.raises(ModelLoadError, match=f"is degenerate: .*{why}"):
+            run_check(fg, kind, tasks)
+    assert [r.passed for r in records] == [False, False]
+
+
+def test_degenerate_logits_are_named():
+    import torch
+
+    from pytest_forgetguard.models.loaders import degenerate_logits
+
+    one_hot = torch.full((5, 8), -50.0)
+    one_hot[:, 3] = 50.0
+    assert "all probability on one token (3, id 3)" in degenerate_logits(one_hot)
+    same = torch.randn(1, 8).expand(5, 8)
+    assert "same at every position" in degenerate_logits(same)
+    ruled_out = torch.randn(5, 8)
+    ruled_out[:, 0] = float("-inf")
+    assert degenerate_logits(ruled_out) is None
