@@ -198,6 +198,9 @@ def _compare(args: argparse.Namespace) -> int:
     except (SamplesError, ValueError) as exc:
         print(f"forgetguard compare: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (ArithmeticError, TypeError) as exc:  # values no aggregation can take (1e400, exp(1000), ...)
+        print(f"forgetguard compare: these values cannot be compared ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -277,19 +280,22 @@ def _compare_task(base_path: Path, cand_path: Path, args: argparse.Namespace) ->
 
 def _plan(args: argparse.Namespace) -> int:
     from .evidence import planning
+    from .evidence.verdicts import RELATIVE_SHARE
 
     try:
         _check_allowance_args(args)
-        allowance = args.max_drop
+        allowance, alpha = args.max_drop, args.alpha
         if args.max_drop_relative is not None:
             if args.base_score is None or not 0 < args.base_score <= 1:
                 raise ValueError("--max-drop-relative needs --base-score, the base's score in (0, 1]")
             allowance = args.max_drop_relative * args.base_score
-        minimum = planning.minimum_items(allowance, args.alpha)
-        needed = planning.items_for(allowance, args.flip_rate, args.alpha, args.power, args.drop)
+            # The verdict spends 0.9 alpha on the drop (the rest on the base score's bound): plan at that.
+            alpha = args.alpha * (1 - RELATIVE_SHARE)
+        minimum = planning.minimum_items(allowance, alpha)
+        needed = planning.items_for(allowance, args.flip_rate, alpha, args.power, args.drop)
         provable = None
         if args.items is not None:
-            provable = planning.provable_allowance(args.items, args.flip_rate, args.alpha, args.power, args.drop)
+            provable = planning.provable_allowance(args.items, args.flip_rate, alpha, args.power, args.drop)
     except ValueError as exc:
         print(f"forgetguard plan: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -148,7 +148,9 @@ class Calibration:
             raise ValueError(f"the KL to forecast from is not finite: {kl!r}")
         if not 0.0 < alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
-        if self.needed(coverage) > 0:
+        # The decision needs the bound at alpha, the display the interval at coverage: either may be missing
+        # (an infinite bound) while the other exists, so a wide display interval never blocks a decision.
+        if self.n < min(points_needed(coverage), one_sided_points_needed(alpha)):
             return None
         x, y = np.asarray(self.x), np.asarray(self.y)
         side = (1.0 - coverage) / 2.0

@@ -330,18 +330,22 @@ class RunForecasts:
     def __init__(self, session: ForgetguardSession) -> None:
         self.session = session
         self._rows: list[Any] | None = None
-        # The KL checks of the suite whose item runs now (set by the item), by name: their options.
+        # The KL checks of the suite whose item runs now (set by the item, emptied for fixture tests).
         self.suite_kl: dict[str, dict[str, Any]] = {}
+        self._measured_kl: list[CheckRecord] = []  # KL records retention checks measured for forecasts
 
     @property
     def skip_allowed(self) -> bool:
         return not self.session.settings.no_forecast_skip
 
     def kl_record(self, check: str, candidate: str) -> CheckRecord | None:
-        for rec in reversed(self.session.records):
+        for rec in [*reversed(self.session.records), *reversed(self._measured_kl)]:
             if rec.kind == "kl" and rec.name == check and rec.candidate == candidate:
                 return rec
         return None
+
+    def keep_kl_record(self, rec: CheckRecord) -> None:
+        self._measured_kl.append(rec)
 
     def kl_options(self, check: str) -> dict[str, Any] | None:
         options = self.suite_kl.get(check)

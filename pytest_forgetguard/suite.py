@@ -296,6 +296,9 @@ def _check_items(where: _Where, keys: tuple[Any, ...], label: str, options: dict
     limit, max_drop = options.get("limit"), options.get("max_drop")
     if options.get("metric") not in BINARY_METRICS or max_drop is None or not isinstance(limit, int) or limit <= 1:
         return
+    tasks = options.get("task")
+    if isinstance(tasks, list):
+        limit *= len(tasks)  # the limit is per task; the verdict pools the tasks' items (a group: checked later)
     if options.get("gate", "strict") != "strict" or options.get("on_inconclusive", "fail") != "fail":
         return
     needed = minimum_items(float(max_drop), float(options.get("alpha", 0.05)))

@@ -52,6 +52,9 @@ class ForecastSource(Protocol):
     def kl_record(self, check: str, candidate: str) -> CheckRecord | None:
         """The latest record of KL check ``check`` for ``candidate`` in this run (this process), if any."""
 
+    def keep_kl_record(self, rec: CheckRecord) -> None:
+        """Keep a KL record a retention check measured for its forecast, so the next one reuses it."""
+
     def kl_options(self, check: str) -> dict[str, Any] | None:
         """The options (``budget`` included) of the running suite's KL check ``check``, to measure it where
         it has not run in this process; None outside a suite."""

@@ -129,7 +129,10 @@ class RetentionChecks(PairChecks):
             forecast, note, series, audit = None, None, None, False
             if forecast_from is not None:
                 plan = ForecastPlan(forecast_from, forecast_coverage, alpha, skip_if_forecast_within, audit_rate)
-                decided, forecast, note, series, audit = self._try_forecast(plan, run.name, task, retention_options)
+                planner = _planner(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
+                decided, forecast, note, series, audit = self._try_forecast(
+                    plan, run.name, task, retention_options, planner
+                )
                 if decided is not None:
                     decided.gate_on(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
                     if not decided.passed:  # the bound reaches past the allowance: no skip, so no audit either
@@ -174,16 +177,24 @@ class RetentionChecks(PairChecks):
     # -- forecasts -------------------------------------------------------------------
 
     def _try_forecast(
-        self, plan: "ForecastPlan", name: str, task: str | Sequence[str], options: dict[str, Any]
+        self,
+        plan: "ForecastPlan",
+        name: str,
+        task: str | Sequence[str],
+        options: dict[str, Any],
+        planner: "Callable[[RetentionResult], None]",
     ) -> tuple["RetentionResult | None", "Forecast | None", str | None, str | None, bool]:
         """(a result decided by forecast or None, the forecast, why it does not decide, this check's
-        series, whether this check is an audit: skippable, measured anyway)."""
+        series, whether this check is an audit: skippable, measured anyway). A task too small for the
+        measured check to ever pass is not skipped either: the measurement path says why."""
         forecast, note, series, decisive = self._forecast(plan, task, options)
         if not (plan.skip and forecast is not None and decisive):
             return None, forecast, note, series, False
         if not self.forecasts or not self.forecasts.skip_allowed:
             return None, forecast, "--fg-no-forecast-skip: measured", series, False
-        decided = self._decided_by_forecast(forecast, task, options)
+        decided = self._decided_by_forecast(forecast, task, options, planner)
+        if decided is None:
+            return None, forecast, "the task is too small for this check to pass: measured", series, False
         audit = _audited(self.seed, name, self._fingerprint(), plan.audit_rate)
         if audit:
             note = f"audit: a forecast that could decide, measured anyway (audit_rate {plan.audit_rate:g})"
@@ -204,7 +215,9 @@ class RetentionChecks(PairChecks):
         source = self.forecasts
         if source is None:
             return None, "no run history in this run (--fg-no-history, or outside pytest)", None, False
-        rec = self._kl_for_forecast(plan.kl_check)
+        rec = self._kl_for_forecast(plan.kl_check, measure=plan.skip)
+        if isinstance(rec, str):
+            return None, rec, None, False
         if rec is None:
             return None, f"KL check {plan.kl_check!r} has not run for this candidate in this process", None, False
         kl = rec.value
@@ -234,30 +247,41 @@ class RetentionChecks(PairChecks):
             return forecast, "the history may not decide: " + "; ".join(problems), series, False
         return forecast, None, series, True
 
-    def _kl_for_forecast(self, kl_check: str) -> "CheckRecord | None":
-        """The KL check's record for this candidate: from this process, or measured now from the suite's
-        options (under pytest-xdist it may have run in another worker: every process decides alike)."""
+    def _kl_for_forecast(self, kl_check: str, measure: bool) -> "CheckRecord | str | None":
+        """The KL check's record for this candidate: from this process, or — where a skip is possible —
+        measured now from the suite's options (under pytest-xdist it may have run in another worker: every
+        process decides alike), once per candidate. A measurement that fails is a note, not this check's
+        error (the KL check reports it itself)."""
         source = self.forecasts
         if source is None:
             return None
         found = source.kl_record(kl_check, self.candidate.label)
-        if found is not None:
+        if found is not None or not measure:
             return found
         spec = source.kl_options(kl_check)
         if spec is None:
             return None
         options = dict(spec)
         budget = options.pop("budget")
-        result = self.kl(**options)  # type: ignore[attr-defined]  # KLChecks: the same pair of models
+        try:
+            result = self.kl(**options)  # type: ignore[attr-defined]  # KLChecks: the same pair of models
+        except ForgetguardError as exc:
+            return f"KL check {kl_check!r} could not be measured here ({type(exc).__name__}: {exc})"
         result.budget = budget
         rec: CheckRecord = result.to_record(kl_check, self.candidate.label)
         rec.settle(result.passed)
+        source.keep_kl_record(rec)
         return rec
 
     def _decided_by_forecast(
-        self, forecast: "Forecast", task: str | Sequence[str], options: dict[str, Any]
-    ) -> RetentionResult:
-        """A result decided by the forecast (the base's score measured or cached, the candidate's not)."""
+        self,
+        forecast: "Forecast",
+        task: str | Sequence[str],
+        options: dict[str, Any],
+        planner: "Callable[[RetentionResult], None]",
+    ) -> RetentionResult | None:
+        """A result decided by the forecast (the base's score measured or cached, the candidate's not); None
+        when the task is too small for the measured check to ever pass (``planner`` refuses it)."""
         from ..lmeval import evaluate, lm_eval_aggregation
         from ..retention import compare
 
@@ -270,6 +294,10 @@ class RetentionChecks(PairChecks):
         # The base against itself: its score, metric, filter and direction, as a measured check would see them.
         base = compare(base_runs, base_runs, metric=options.get("metric"), filter_=options.get("filter"),
                        seed=self.seed, aggregation_fn=lm_eval_aggregation)  # fmt: skip
+        try:
+            planner(base)
+        except ValueError:
+            return None
         return RetentionResult(
             tasks=base.tasks, metric=base.metric, filter=base.filter, higher_is_better=base.higher_is_better,
             base_value=base.base_value, candidate_value=float("nan"), ci_low=float("nan"), ci_high=float("nan"),

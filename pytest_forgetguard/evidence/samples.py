@@ -134,6 +134,8 @@ def _check_value(path: Path, number: int, metric: str, value: Any) -> Any:
                 f"{path}:{number}: {metric} is {type(x).__name__} {str(x)[:40]!r}, not a number; forgetguard compares "
                 "0/1 or real per-item values and [log-likelihood, length] pairs"
             )
+        if isinstance(x, int) and abs(x) > 2**53:
+            raise SamplesError(f"{path}:{number}: {metric} is an integer of {len(str(x))} digits: not a score")
         if not math.isfinite(x):
             raise SamplesError(f"{path}:{number}: {metric} is {x}: a per-item value must be finite")
     if isinstance(value, list):
@@ -157,10 +159,10 @@ def read_values(path: Path, metric: str | None, filter_: str | None) -> TaskValu
             chosen_filter = row["filter"]
         if row["filter"] != chosen_filter:
             continue
+        names = row["metrics"]
+        if not isinstance(names, list) or not names:
+            raise SamplesError(f"{path}:{number}: 'metrics' must list the metric names lm-eval logged, got {names!r}")
         if chosen_metric is None:
-            names = row["metrics"]
-            if not isinstance(names, list) or not names:
-                raise SamplesError(f"{path}:{number}: 'metrics' names no metric")
             chosen_metric = str(names[0])
         if chosen_metric not in row:
             raise SamplesError(

@@ -287,7 +287,9 @@ def paired_binary(
     allowance = _allowance(base, max_drop, max_drop_relative)
     needed = None
     if verdict == "inconclusive":
-        needed = binary_items_needed(drop, (lost + gained) / n, allowance, a_drop)
+        bar = pass_at if drop < pass_at else allowance  # a pass is judged against the base score's lower bound
+        needed = binary_items_needed(drop, (lost + gained) / n, bar, a_drop)
+        needed = None if needed is None else max(needed, n + 1)  # these n did not decide it
     return Verdict(verdict, drop, low, high, allowance, alpha, n, "paired score (Tango)", needed, high,
                    _relative_note(allowance, pass_at, verdict))  # fmt: skip
 
@@ -359,13 +361,49 @@ class RatioItems:
         return sign * (cand_inf - base_inf), base_inf
 
 
+MIN_DIFFERING = 10  # items whose values differ, below which a real-valued drop is not bounded at all
+
+
+def bounded_mean(items: RatioItems) -> bool:
+    """A plain mean of values in [0, 1] (F1, partial credit, ...): bounded, so an exact-in-finite-samples
+    bound applies (:func:`bernstein_bounds`) instead of the asymptotic t."""
+    return (
+        items.transform == "identity"
+        and bool((items.weights == 1).all())
+        and bool(((items.base >= 0) & (items.base <= 1) & (items.cand >= 0) & (items.cand <= 1)).all())
+    )
+
+
+def bernstein_bounds(diffs: np.ndarray, alpha: float) -> tuple[float, float]:
+    """One-sided (lower, upper) bounds of the mean of per-item drops in [-1, 1], each at ``alpha``: the
+    empirical Bernstein bound (Maurer & Pontil 2009, Theorem 4), valid in finite samples for bounded
+    values, also when every item agrees (where a t bound would claim certainty).
+
+    >>> lo, hi = bernstein_bounds(np.zeros(200), 0.05)
+    >>> round(hi, 4)
+    0.0865
+    """
+    n = len(diffs)
+    z = (np.asarray(diffs, dtype=np.float64) + 1.0) / 2.0  # into [0, 1]
+    var = float(z.var(ddof=1)) if n > 1 else 0.25
+    log = math.log(2.0 / alpha)
+    half = math.sqrt(2.0 * var * log / n) + 7.0 * log / (3.0 * max(n - 1, 1))
+    mean = float(z.mean())
+    return 2.0 * (mean - half) - 1.0, 2.0 * (mean + half) - 1.0
+
+
 def ratio_bounds(items: RatioItems, alpha: float) -> tuple[float, float, float]:
-    """One-sided (lower, upper) bounds of the drop, each at ``alpha``, and the per-item standard deviation."""
+    """One-sided (lower, upper) bounds of the drop, each at ``alpha``, and the per-item standard deviation:
+    empirical Bernstein for a mean of values in [0, 1], else the delta method's t bound."""
     from scipy.stats import t as student
 
     n = len(items.base)
     drop_inf, _ = items.influence()
     sd = float(np.sqrt((drop_inf**2).sum() / (n - 1))) if n > 1 else math.inf
+    if bounded_mean(items):
+        sign = -1.0 if items.higher_is_better else 1.0
+        low, high = bernstein_bounds(sign * (items.cand - items.base), alpha)
+        return min(low, items.drop), max(high, items.drop), sd
     q = float(student.ppf(1.0 - alpha, max(n - 1, 1)))
     half = q * sd / math.sqrt(n)
     return items.drop - half, items.drop + half, sd
@@ -401,6 +439,13 @@ def paired_ratio(
         base_low, base_high = base - q * se, base + q * se
     drop = items.drop
     verdict, pass_at = _decide(drop, low, high, base, base_low, base_high, max_drop, max_drop_relative)
+    differing = int((items.base != items.cand).sum())
+    notes: tuple[str, ...] = ()
+    if not bounded_mean(items) and differing < MIN_DIFFERING:
+        # The t bound rests on the spread of the differences: with (almost) none, it would claim certainty.
+        verdict = "inconclusive"
+        notes = (f"only {differing} of {n} items differ between the models: too few to bound a real-valued drop "
+                 f"(at least {MIN_DIFFERING} are needed)",)  # fmt: skip
     allowance = _allowance(base, max_drop, max_drop_relative)
     needed = None
     if verdict == "inconclusive":
@@ -408,10 +453,11 @@ def paired_ratio(
         if gap > 1e-15 and sd > 0:
             z = z_quantile(1.0 - a_drop) + z_quantile(POWER)
             needed = max(n + 1, math.ceil((z * sd / gap) ** 2))
-    notes = _relative_note(allowance, pass_at, verdict)
-    if n < 30:
+    notes += _relative_note(allowance, pass_at, verdict)
+    method = "paired mean (empirical Bernstein)" if bounded_mean(items) else "paired ratio (delta method, t)"
+    if n < 30 and not bounded_mean(items):
         notes += (f"only {n} items: the bounds are asymptotic and may be off below about 30",)
-    return Verdict(verdict, drop, low, high, allowance, alpha, n, "paired ratio (delta method, t)", needed, high, notes)
+    return Verdict(verdict, drop, low, high, allowance, alpha, n, method, needed, high, notes)
 
 
 def bootstrap_verdict(

@@ -23,8 +23,8 @@ checks:
       task: [tiny_ppl]
       include_path: tasks
       metric: word_perplexity
-      max_drop: 1.0e+14         # random tiny models: perplexities of 1e13 (6 items: no relative bound)
-      gate: strict
+      max_drop: 1.0e+14         # random tiny models: perplexities of 1e13
+      gate: observed            # 6 items: too few for any verdict on a real-valued drop (10 must differ)
 """
 
 

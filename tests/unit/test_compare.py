@@ -140,6 +140,16 @@ BAD = {
         "doc_id 3 is a different document",
     ),
     "missing items": (lambda p: p.write_text("".join(p.read_text().splitlines(True)[:150])), "on one side only"),
+    "metrics not a list": (
+        lambda p: p.write_text(json.dumps({**sample_line(0, {"acc": 1.0}), "metrics": 5}) + "\n"),
+        "'metrics' must list the metric names",
+    ),
+    "huge integer": (
+        lambda p: p.write_text(
+            json.dumps(sample_line(0, {"acc": 1.0})).replace('"acc": 1.0', '"acc": ' + "9" * 400) + "\n"
+        ),
+        "an integer of 400 digits",
+    ),
     "corpus metric": (
         lambda p: p.write_text(json.dumps(sample_line(0, {"acc": ["a", "b", "c"]})) + "\n"),
         "list of 3 values",
@@ -156,6 +166,13 @@ def test_bad_input_is_exit_2_naming_file_and_line(tmp_path, capsys, case):
     assert code == 2, (case, out, err)
     assert message in err and "Traceback" not in err
     assert err.count("\n") <= 2, err
+
+
+def test_values_no_aggregation_can_take_are_bad_input_not_a_traceback(tmp_path, capsys):
+    rows = [sample_line(i, {"perplexity": -1000.0 - i}) for i in range(40)]
+    b, c = write_samples(tmp_path / "b", "ppl", rows), write_samples(tmp_path / "c", "ppl", rows)
+    code, _, err = run(capsys, "compare", b, c, "--max-drop", "1")
+    assert code == 2 and "cannot be compared (OverflowError" in err and "Traceback" not in err
 
 
 def test_missing_metric_tasks_on_one_side_and_paths(tmp_path, capsys):

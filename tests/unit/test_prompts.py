@@ -43,11 +43,20 @@ def test_load_prompts_accepts_text_and_chat(tmp_path):
         ([json.dumps({"prompt": "a", "response": ""})], "'response' must be a non-empty string"),
         ([json.dumps(["a"])], "expected an object"),
         # Text that means nothing: blank, whitespace-only or invisible-only, with file and line.
-        ([json.dumps({"prompt": "a"}), json.dumps({"prompt": " \t\n"})], r"p.jsonl:2: 'prompt' must be .* visible text"),
+        (
+            [json.dumps({"prompt": "a"}), json.dumps({"prompt": " \t\n"})],
+            r"p.jsonl:2: 'prompt' must be .* visible text",
+        ),
         ([json.dumps({"prompt": "\u200b\u2060"})], r"p.jsonl:1: 'prompt' must be a non-empty string with visible"),
         ([json.dumps({"messages": [{"role": "user", "content": ""}]})], r"message 1 \('user'\) has no visible"),
-        ([json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "\ufeff"}]})],
-         r"p.jsonl:1: message 2 \('user'\) has no visible content"),
+        (
+            [
+                json.dumps(
+                    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "\ufeff"}]}
+                )
+            ],
+            r"p.jsonl:1: message 2 \('user'\) has no visible content",
+        ),
         ([json.dumps({"prompt": "a", "response": " "})], r"'response' must be a non-empty string with visible text"),
         ([json.dumps({"prompt": "a", "response": "\u200b"})], r"'response' must be .* visible text, got '\\u200b'"),
     ],

@@ -110,6 +110,11 @@ checks:
             r"retention.limit: 30 items can never pass max_drop 0.05 at alpha 0.05: that needs at least 70 items",
         ),
         (
+            "checks:\n  - {name: a, retention: {task: [t, u], metric: acc, limit: 30, max_drop: 0.05}}",
+            2,
+            r"retention.limit: 60 items can never pass",  # the limit is per task: two tasks pool 60
+        ),
+        (
             "checks:\n  - {name: a, retention: {task: t, metric: acc, limit: 30, max_drop: 0.05, alpha: 0.6}}",
             2,
             r"retention.alpha: must be < 0.5, got 0.6",

@@ -209,3 +209,31 @@ def test_explain_names_the_verdict_bounds_and_items_needed():
     text = v.explain()
     assert text.startswith("INCONCLUSIVE: drop +0.1167") and "251 items would decide it" in text
     assert verdicts.Verdict(**{**v.to_json(), "verdict": "pass"}).passes()
+
+
+@pytest.mark.parametrize("n", [30, 100, 200])
+def test_a_bounded_mean_keeps_alpha_also_when_few_items_change(n):
+    """Per-item values of 0.5 or 1 (partial credit): the candidate loses 0.5 on a share 2m of items, so its
+    true drop is the allowance m. Most draws change few or no items; a t bound would call that certain."""
+    rng = np.random.default_rng(n)
+    m, reps = 0.02, 1500
+    passes = 0
+    for _ in range(reps):
+        base = rng.choice([0.5, 1.0], size=n)
+        # Half the items are at 1.0 and only those can lose 0.5: each does with probability 4m, so the
+        # expected drop is 0.5 x 0.5 x 4m = m.
+        hit = (rng.random(n) < 4 * m) & (base == 1.0)
+        cand = np.where(hit, 0.5, base)
+        items = RatioItems(base, cand, np.ones(n), "identity", True)
+        passes += paired_ratio(items, max_drop=m).verdict == "pass"
+    assert passes / reps <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / reps)
+
+
+def test_no_real_valued_pass_without_evidence():
+    same = RatioItems(np.array([0.5, 0.5]), np.array([0.5, 0.5]), np.ones(2), "identity", True)
+    assert paired_ratio(same, max_drop=0.0).verdict == "inconclusive"  # was a PASS with certainty
+    rng = np.random.default_rng(0)
+    ll = -rng.uniform(100, 1000, 50)
+    identical = RatioItems(ll, ll.copy(), rng.integers(100, 1000, 50).astype(float), "bits", False)
+    v = paired_ratio(identical, max_drop=0.01)
+    assert v.verdict == "inconclusive" and "only 0 of 50 items differ" in v.explain()
