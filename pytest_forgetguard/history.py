@@ -359,23 +359,28 @@ class History:
         return len(runs)
 
     def import_jsonl(self, lines: Iterable[str], source: str = "") -> tuple[int, int]:
-        """Add the runs of an export; returns (runs added, runs already there). Each line is checked whole."""
-        added = skipped = 0
+        """Add the runs of an export; returns (runs added, runs already there).
+
+        Every line is validated first (types, finite numbers in sane ranges, known kinds, booleans as
+        booleans); if any is refused, nothing is imported and the error names each refused line (up to
+        ten) with its reason: a history is data, and half an import is worse than none.
+        """
+        parsed: list[tuple[Run, list[tuple[Any, ...]]]] = []
+        refused: list[str] = []
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            where = f"{source or 'import'}:{lineno}"
             try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HistoryError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-                raise HistoryError(f"{where}: not a pytest-forgetguard history export line")
-            if data.get("schema") not in (1, SCHEMA_VERSION):  # schema 1 exports: runs without a completeness mark
-                raise HistoryError(
-                    f"{where}: history schema {data.get('schema')}, this version reads 1 and {SCHEMA_VERSION}"
-                )
-            run, rows = _parse_export(data, where)
+                parsed.append(_parse_line(line, f"{source or 'import'}:{lineno}"))
+            except HistoryError as exc:
+                refused.append(str(exc))
+        if refused:
+            more = f" (and {len(refused) - 10} more)" if len(refused) > 10 else ""
+            raise HistoryError(
+                f"{len(refused)} line(s) refused, nothing imported{more}:\n  " + "\n  ".join(refused[:10])
+            )
+        added = skipped = 0
+        for run, rows in parsed:
             if self._add(run, rows):
                 added += 1
             else:
@@ -383,12 +388,74 @@ class History:
         return added, skipped
 
 
+def _parse_line(line: str, where: str) -> tuple[Run, list[tuple[Any, ...]]]:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise HistoryError(f"{where}: not JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise HistoryError(f"{where}: not a pytest-forgetguard history export line")
+    if data.get("schema") not in (1, SCHEMA_VERSION):  # schema 1 exports: runs without a completeness mark
+        raise HistoryError(f"{where}: history schema {data.get('schema')}, this version reads 1 and {SCHEMA_VERSION}")
+    return _parse_export(data, where)
+
+
+# A run's time must be a real moment (after 2001-09-09, before 2096): NaN, infinities and 1e308 are not.
+_TIME_RANGE = (1e9, 4e9)
+# No measured number comes near this (a random model's perplexity is about 1e13); 1e308 is a forged row.
+_VALUE_LIMIT = 1e100
+
+
+def _validate_run(r: Any) -> None:
+    if not isinstance(r, dict):
+        raise ValueError("'run' must be an object")
+    if not isinstance(r.get("run_id"), str) or not r["run_id"]:
+        raise ValueError("run_id must be a non-empty string")
+    t = r.get("time")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (_TIME_RANGE[0] <= t <= _TIME_RANGE[1]):
+        raise ValueError(f"time must be a Unix time between 2001 and 2096, got {t!r}")
+    if not isinstance(r.get("complete", True), bool):
+        raise ValueError(f"complete must be true or false, got {r.get('complete')!r}")
+
+
+def _validate_record(record: Any, i: int) -> None:
+    from .schema import KINDS
+
+    if not isinstance(record, dict):
+        raise ValueError(f"check {i}: 'record' must be an object")
+    if record.get("kind") not in KINDS:
+        raise ValueError(f"check {i}: unknown kind {record.get('kind')!r} (known: {', '.join(KINDS)})")
+    for key in ("name", "candidate"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise ValueError(f"check {i}: {key} must be a non-empty string, got {record.get(key)!r}")
+    if not isinstance(record.get("passed"), bool):
+        raise ValueError(f"check {i}: passed must be true or false, got {record.get('passed')!r}")
+    details = record.get("details") or {}
+    if not isinstance(details, dict):
+        raise ValueError(f"check {i}: details must be an object")
+    numbers = {k: record.get(k) for k in ("value", "base_value", "candidate_value", "delta", "budget", "ci_low",
+                                          "ci_high", "p_value")}  # fmt: skip
+    numbers["details.drop"] = details.get("drop")
+    for key, x in numbers.items():
+        if x is None or (isinstance(x, str) and x in ("nan", "inf", "-inf")):
+            continue  # the report writes a non-finite number as text: kept as no value, never a point
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise ValueError(f"check {i}: {key} must be a number, got {x!r}")
+        if not abs(x) <= _VALUE_LIMIT:
+            raise ValueError(f"check {i}: {key} = {x!r} is not a plausible value (|x| <= {_VALUE_LIMIT:g})")
+    if record.get("passed") and record.get("error"):
+        raise ValueError(f"check {i}: a check with an error cannot have passed")
+
+
 def _parse_export(data: dict[str, Any], where: str) -> tuple[Run, list[tuple[Any, ...]]]:
     try:
         r = data["run"]
+        _validate_run(r)
+        if not isinstance(data.get("checks"), list):
+            raise ValueError("'checks' must be a list")
+        for i, check in enumerate(data["checks"]):
+            _validate_record(check.get("record") if isinstance(check, dict) else None, i)
         complete = r.get("complete", True)
-        if not isinstance(complete, bool):
-            raise TypeError("complete")
         run = Run(str(r["run_id"]), float(r["time"]), str(r.get("host") or ""), r.get("git_commit"),
                   str(r.get("source") or ""), complete, r.get("incomplete_reason"))  # fmt: skip
         rows = []
@@ -402,8 +469,10 @@ def _parse_export(data: dict[str, Any], where: str) -> tuple[Run, list[tuple[Any
             if check.get("decided_by"):
                 rec.details.setdefault("decided_by", check["decided_by"])
             rows.append(_row_values(run.run_id, int(check["seq"]), rec))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise HistoryError(f"{where}: a run without {exc} (or of the wrong type)") from None
+    except KeyError as exc:
+        raise HistoryError(f"{where}: a run without {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise HistoryError(f"{where}: {exc}") from None
     return run, rows
 
 

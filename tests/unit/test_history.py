@@ -213,3 +213,33 @@ def test_an_incomplete_run_is_shown_and_never_calibrated_on(tmp_path, capsys):
     copy = History(tmp_path / "copy.sqlite")
     assert copy.import_jsonl(export.getvalue().splitlines()) == (4, 0)
     assert [r.complete for r in copy.runs()] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        (lambda d: d["run"].update(time=float("nan")), "time must be a Unix time between 2001 and 2096, got nan"),
+        (lambda d: d["run"].update(time=float("inf")), "got inf"),
+        (lambda d: d["checks"][0]["record"].update(passed="false"), "check 0: passed must be true or false, got 'false'"),
+        (lambda d: d["checks"][0]["record"].update(kind="vibes"), "check 0: unknown kind 'vibes'"),
+        (lambda d: d["checks"][0]["record"].update(value=[0.1, 0.2]), "check 0: value must be a number, got [0.1, 0.2]"),
+        (lambda d: d["checks"][1]["record"]["details"].update(drop=1e308), "check 1: details.drop = 1e+308 is not a plausible"),
+        (lambda d: d["checks"][0]["record"].update(error="boom"), "a check with an error cannot have passed"),
+        (lambda d: d["run"].update(complete="yes"), "complete must be true or false, got 'yes'"),
+    ],
+)
+def test_an_import_is_validated_row_by_row_and_all_or_nothing(tmp_path, edit, reason):
+    h = History(tmp_path / "h.sqlite")
+    h.add_run(Run.now(), [kl("a", 0.1), ret("a", 0.002)])
+    out = io.StringIO()
+    h.export_jsonl(out)
+    good = out.getvalue().strip()
+    bad = json.loads(good)
+    bad["run"]["run_id"] = "other"
+    edit(bad)
+    target = History(tmp_path / "t.sqlite")
+    with pytest.raises(HistoryError) as info:
+        target.import_jsonl([good, json.dumps(bad)], source="runs.jsonl")
+    message = str(info.value)
+    assert "1 line(s) refused, nothing imported" in message and "runs.jsonl:2: " in message and reason in message
+    assert not target.path.exists() or target.runs() == []  # nothing half-imported
