@@ -220,10 +220,19 @@ def test_an_incomplete_run_is_shown_and_never_calibrated_on(tmp_path, capsys):
     [
         (lambda d: d["run"].update(time=float("nan")), "time must be a Unix time between 2001 and 2096, got nan"),
         (lambda d: d["run"].update(time=float("inf")), "got inf"),
-        (lambda d: d["checks"][0]["record"].update(passed="false"), "check 0: passed must be true or false, got 'false'"),
+        (
+            lambda d: d["checks"][0]["record"].update(passed="false"),
+            "check 0: passed must be true or false, got 'false'",
+        ),
         (lambda d: d["checks"][0]["record"].update(kind="vibes"), "check 0: unknown kind 'vibes'"),
-        (lambda d: d["checks"][0]["record"].update(value=[0.1, 0.2]), "check 0: value must be a number, got [0.1, 0.2]"),
-        (lambda d: d["checks"][1]["record"]["details"].update(drop=1e308), "check 1: details.drop = 1e+308 is not a plausible"),
+        (
+            lambda d: d["checks"][0]["record"].update(value=[0.1, 0.2]),
+            "check 0: value must be a number, got [0.1, 0.2]",
+        ),
+        (
+            lambda d: d["checks"][1]["record"]["details"].update(drop=1e308),
+            "check 1: details.drop = 1e+308 is not a plausible",
+        ),
         (lambda d: d["checks"][0]["record"].update(error="boom"), "a check with an error cannot have passed"),
         (lambda d: d["run"].update(complete="yes"), "complete must be true or false, got 'yes'"),
     ],
