@@ -99,7 +99,9 @@ def test_a_broken_model_errors_in_every_check_in_every_order(
 @pytest.mark.parametrize("order", list(itertools.permutations(KINDS)), ids="-".join)
 def test_a_model_that_breaks_on_some_inputs_is_unusable_once_found(tiny, faulty, tasks, order):
     """Finite outputs on a plain input, NaN on the KL prompts. A check that ran before the fault showed
-    measured finite numbers; the KL check finds it; every check after that errors, so the run fails."""
+    measured finite numbers; the check that finds it errors; every check after that errors, so the run
+    fails. (Its plain-input logits are so extreme that the load's degenerate-output check already refuses
+    it: then the first check finds it, with that reason.)"""
     fg, records = pair({**tiny, **faulty}, "base", "unstable_lora")
     for kind in order:
         try:
@@ -107,7 +109,7 @@ def test_a_model_that_breaks_on_some_inputs_is_unusable_once_found(tiny, faulty,
         except (ForgetguardError, CheckFailed):
             pass
     by_name = {r.name: r for r in records}
-    assert "NaN/inf" in by_name["kl"].error
+    assert "NaN/inf" in by_name["kl"].error or "is degenerate" in by_name["kl"].error
     found = next(i for i, r in enumerate(records) if r.error)
     for rec in records[:found]:
         assert rec.error is None and math.isfinite(rec.value)  # measured on finite outputs (drift: a real failure)
