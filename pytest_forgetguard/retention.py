@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import NonFiniteError, RetentionError
-from .evidence.verdicts import DEFAULT_ALPHA, Verdict, observed
+from .evidence.verdicts import DEFAULT_ALPHA, Verdict, allowance_for, observed
 from .records import CheckRecord
 from .schema import RETENTION_KEYS
 from .stats import ItemValues, mcnemar_exact, paired_bootstrap
@@ -291,18 +291,6 @@ class RetentionResult:
             f"(delta {self.delta:+.4g}, {self.ci_level:.0%} interval {lo:+.4g}..{hi:+.4g}) on {self.n} paired items"
             f" of {', '.join(self.tasks)}{p}"
         )
-
-
-def allowance_for(base_value: float, max_drop: float | None, max_drop_relative: float | None) -> float:
-    """The allowed drop in metric units (the tighter of the two when both are given)."""
-    if max_drop is None and max_drop_relative is None:
-        raise ValueError("a retention check needs max_drop (absolute) and/or max_drop_relative")
-    options = []
-    if max_drop is not None:
-        options.append(float(max_drop))
-    if max_drop_relative is not None:
-        options.append(float(max_drop_relative) * abs(base_value))
-    return min(options)
 
 
 def decide(result: RetentionResult, max_drop: float | None, max_drop_relative: float | None, alpha: float) -> Verdict:

@@ -74,7 +74,7 @@ def _series(base: Any) -> dict[str, str]:
 
 def _allowances() -> dict[str, Any]:
     """Each retention check's allowance as the example suites declare it (a function of the base's score)."""
-    from pytest_forgetguard.retention import allowance_for
+    from pytest_forgetguard.evidence.verdicts import allowance_for
     from pytest_forgetguard.suite import load_suite
 
     out = {}

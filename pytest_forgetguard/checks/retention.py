@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import context
 from ..errors import CapabilityForgotten, ForgetguardError
-from ..evidence.verdicts import DEFAULT_ALPHA
-from ..retention import GATES, ON_INCONCLUSIVE, RetentionResult, allowance_for
+from ..evidence.verdicts import DEFAULT_ALPHA, allowance_for
+from ..retention import GATES, ON_INCONCLUSIVE, RetentionResult
 from .base import PairChecks, check_number
 
 if TYPE_CHECKING:

@@ -284,7 +284,7 @@ def paired_binary(
     if max_drop_relative is not None:
         base_low, base_high = _wilson(base_correct, n, alpha * RELATIVE_SHARE)
     verdict, pass_at = _decide(drop, low, high, base, base_low, base_high, max_drop, max_drop_relative)
-    allowance = _allowance(base, max_drop, max_drop_relative)
+    allowance = allowance_for(base, max_drop, max_drop_relative)
     needed = None
     if verdict == "inconclusive":
         bar = pass_at if drop < pass_at else allowance  # a pass is judged against the base score's lower bound
@@ -446,7 +446,7 @@ def paired_ratio(
         verdict = "inconclusive"
         notes = (f"only {differing} of {n} items differ between the models: too few to bound a real-valued drop "
                  f"(at least {MIN_DIFFERING} are needed)",)  # fmt: skip
-    allowance = _allowance(base, max_drop, max_drop_relative)
+    allowance = allowance_for(base, max_drop, max_drop_relative)
     needed = None
     if verdict == "inconclusive":
         gap = abs(allowance - drop)
@@ -475,7 +475,7 @@ def bootstrap_verdict(
     observed score as exact. Says so in its notes."""
     _check_alpha(alpha)
     verdict, _ = _decide(drop, low, high, base, base, base, max_drop, max_drop_relative)
-    allowance = _allowance(base, max_drop, max_drop_relative)
+    allowance = allowance_for(base, max_drop, max_drop_relative)
     note = "percentile bootstrap bounds: approximate, no stated error rate for this aggregation"
     return Verdict(verdict, drop, low, high, allowance, alpha, n, "paired bootstrap (percentile)", None, high, (note,))
 
@@ -483,8 +483,13 @@ def bootstrap_verdict(
 # -- shared ---------------------------------------------------------------------------------------
 
 
-def _allowance(base: float, max_drop: float | None, max_drop_relative: float | None) -> float:
-    """The allowed drop in metric units at the base's observed score (the tighter of the two)."""
+def allowance_for(base: float, max_drop: float | None, max_drop_relative: float | None) -> float:
+    """The allowed drop in metric units at the base's score ``base`` (the tighter of the two when both are
+    given): the one definition the gate, ``forgetguard compare`` and the verdicts share.
+
+    >>> round(allowance_for(0.7, 0.05, 0.05), 6)
+    0.035
+    """
     options = []
     if max_drop is not None:
         options.append(float(max_drop))
@@ -513,8 +518,8 @@ def _decide(
     # |base| is smallest where the interval is closest to zero (zero itself when it straddles it).
     smallest = 0.0 if base_low <= 0.0 <= base_high else min(abs(base_low), abs(base_high))
     largest = max(abs(base_low), abs(base_high))
-    pass_at = _allowance(smallest, max_drop, max_drop_relative) if max_drop_relative is not None else max_drop
-    fail_at = _allowance(largest, max_drop, max_drop_relative) if max_drop_relative is not None else max_drop
+    pass_at = allowance_for(smallest, max_drop, max_drop_relative) if max_drop_relative is not None else max_drop
+    fail_at = allowance_for(largest, max_drop, max_drop_relative) if max_drop_relative is not None else max_drop
     if pass_at is None or fail_at is None:
         raise ValueError("a verdict needs max_drop (absolute) and/or max_drop_relative")
     if high <= pass_at:
