@@ -27,12 +27,12 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache import cache_key
+from .files import write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -104,17 +104,14 @@ class BaseStates:
         root = self.root
         if root is None:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = root / key[:2] / f"{key}.safetensors"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"states": cpu}, str(tmp), metadata={"key": key, "format": str(FORMAT)})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)  # atomic: a reader sees the old file, the new one, or none
+            # Atomic, from a temporary file no other writer shares (xdist workers, or ranks on several
+            # nodes whose process ids may coincide, can store the same key): a reader sees one whole file.
+            write_atomic(path, save({"states": cpu}, metadata={"key": key, "format": str(FORMAT)}))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             self._warn(f"forgetguard could not write {path} ({exc}); the base's pass is computed again next run")
 
     # -- internals ------------------------------------------------------------------------

@@ -88,13 +88,23 @@ class ResultCache:
         self._memory[(namespace, key)] = payload
         return payload
 
+    def remember(self, namespace: str, key: str, payload: Any) -> None:
+        """Keep ``payload`` for this process only: another process writes the entry (see :meth:`store`)."""
+        self._memory[(namespace, key)] = payload
+
     def store(self, namespace: str, key: str, payload: Any, meta: dict[str, Any] | None = None) -> None:
         """Keep ``payload`` for this process and, with a root, write it atomically.
+
+        Processes that share the directory (pytest-xdist workers, concurrent runs) may store the same
+        entry: the key names everything that determines the payload, and each writer replaces the file
+        in one step from a temporary file of its own, so a reader sees one whole entry and no writer
+        leaves another file. Under torchrun an entry every rank holds is stored by one rank
+        (``LOCAL_RANK`` 0) and remembered by the others.
 
         A failed write (read-only or full disk) is reported through ``warn``:
         the result itself is fine, only the next run will compute it again.
         """
-        self._memory[(namespace, key)] = payload
+        self.remember(namespace, key, payload)
         if self.root is None:
             return
         path = self._path(namespace, key)

@@ -14,8 +14,8 @@ Every subcommand takes ``--json``; the history's take ``--history PATH`` (defaul
 Example::
 
     $ forgetguard calibrate
-    kl check   retention check    n  slope    R²    ρ     LOO err  width   allowance  KL budget
-    arith-kl   code-perplexity   10  0.0241  0.93  0.94  0.0027   0.0089  0.0219     0.52
+    kl check   retention check  base                   n  slope    R²    ρ     LOO err  width   allowance  KL budget
+    arith-kl   code-perplexity  smollm2 (3f2a9c1d)    10  0.0241  0.93  0.94  0.0027   0.0089  0.0219     0.52
 """
 
 from __future__ import annotations
@@ -333,14 +333,12 @@ def _out(args: argparse.Namespace, data: Any, table: list[list[Any]], headers: l
 
 
 def _history(history: Any, args: argparse.Namespace) -> int:
-    runs = history.runs()
-    if args.last is not None:
-        runs = runs[-args.last :]
-    keep = {r.run_id for r in runs}
+    runs = history.runs(last=args.last)
+    keep = None if args.last is None else [r.run_id for r in runs]  # --last N: only those runs' rows are read
     rows = [
         r
-        for r in history.rows(name=args.check)
-        if r.run_id in keep and (args.base is None or (r.base_fingerprint or "").startswith(args.base))
+        for r in history.rows(name=args.check, run_ids=keep)
+        if args.base is None or (r.base_fingerprint or "").startswith(args.base)
     ]
     when = {r.run_id: r for r in runs}
     data = [
@@ -393,15 +391,26 @@ def _verdict(d: dict[str, Any]) -> str:
 def _calibrate(history: Any, args: argparse.Namespace) -> int:
     from .calibration import summarize
     from .forecast import points_needed
+    from .records import candidate_id
 
     if not 0.0 < args.coverage < 1.0:
         raise ForgetguardError(f"--coverage must be in (0, 1), got {args.coverage}")
     if not 0.0 < args.alpha < 0.5:
         raise ForgetguardError(f"--alpha must be in (0, 0.5), got {args.alpha}")
-    pairs = summarize(history.rows(), kl_check=args.check, base=args.base)
-    data = [p.to_json(args.coverage, args.alpha) for p in pairs]
+    rows = history.rows()
+    pairs = summarize(rows, kl_check=args.check, base=args.base)
+    # A calibration holds for one base: name it as the runs recorded it (the latest SPEC of its fingerprint).
+    specs: dict[str | None, str] = {}
+    for row in rows:
+        recorded = row.record.get("base")
+        if isinstance(recorded, dict) and recorded.get("spec"):
+            specs[row.base_fingerprint] = str(recorded["spec"])
+    data = [{**p.to_json(args.coverage, args.alpha), "base": specs.get(p.key.base_fingerprint)} for p in pairs]
     table = []
     for d in data:
+        name = candidate_id(d["base"]) if d["base"] else ""
+        short = (d["base_fingerprint"] or "")[:8]
+        base = f"{name} ({short})" if name and short else name or short or "-"
         budget = d["kl_budget"]
         if d["runs_needed"]:
             budget = f"{d['runs_needed']} more runs"
@@ -413,6 +422,7 @@ def _calibrate(history: Any, args: argparse.Namespace) -> int:
             [
                 d["kl_check"],
                 d["retention_check"],
+                base,
                 d["n"],
                 d["slope"],
                 d["r2"],
@@ -434,6 +444,7 @@ def _calibrate(history: Any, args: argparse.Namespace) -> int:
         [
             "kl check",
             "retention check",
+            "base",
             "n",
             "slope",
             "R²",
@@ -474,11 +485,11 @@ def _export(history: Any, args: argparse.Namespace) -> int:
 
 
 def _import(history: Any, args: argparse.Namespace) -> int:
-    from .files import read_text
+    from .files import read_lines
 
     added = skipped = 0
     for f in args.files:
-        a, s = history.import_jsonl(read_text(f, "history export").splitlines(), source=str(f))
+        a, s = history.import_jsonl(read_lines(f, "history export"), source=str(f))
         added, skipped = added + a, skipped + s
     if args.json:
         print(json.dumps({"added": added, "already_there": skipped}))

@@ -6,7 +6,10 @@ prompts between the ranks (prompt ``i`` goes to rank ``i % world_size``),
 each rank samples and scores its shard, and the per-prompt results are
 gathered to every rank, which rebuilds the same result a single process
 would have computed, in the original prompt order. Every rank therefore
-reaches the same verdict; rank 0 alone writes the reports.
+reaches the same verdict; rank 0 alone writes the reports and the history.
+A cache entry every rank holds (gathered lm-eval results) is written by one
+rank per node (``LOCAL_RANK`` 0); one a rank computed alone (its shard's
+samples and base passes) by that rank: no entry has two writers.
 
 Nothing here touches ``torch.distributed`` until :meth:`DataParallel.exchange`
 is first called: :meth:`Launch.from_environ` only reads the variables the
@@ -88,16 +91,23 @@ class Launch:
             raise DistributedError(f"RANK must be in 0..{world - 1}, got {rank}")
         if local_rank < 0:
             raise DistributedError(f"LOCAL_RANK must be >= 0, got {local_rank}")
-        timeout = env.get(TIMEOUT_ENV, "").strip()
-        timeout_s = DEFAULT_TIMEOUT_S
-        if timeout:
-            try:
-                timeout_s = float(timeout)
-            except ValueError:
-                timeout_s = float("nan")
-            if not timeout_s > 0 or timeout_s == float("inf"):
-                raise DistributedError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {timeout!r}")
-        return cls(rank=rank, local_rank=local_rank, world_size=world, timeout_s=timeout_s)
+        return cls(rank=rank, local_rank=local_rank, world_size=world, timeout_s=_timeout_s(env))
+
+    @classmethod
+    def from_process_group(cls, env: Mapping[str, str]) -> "Launch | None":
+        """This process's place in a ``torch.distributed`` group someone else started (a ``Trainer`` under
+        DDP or FSDP, ``accelerate``, a training script); ``None`` when no group of two or more processes runs.
+
+        The group's own rank and size are used, whatever the environment says: a script may start its
+        group with ``init_method="tcp://..."`` and set no launcher variables.
+        """
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+            return None
+        local_rank = _int_var(env, "LOCAL_RANK", default=0)
+        return cls(rank=dist.get_rank(), local_rank=local_rank, world_size=dist.get_world_size(),
+                   timeout_s=_timeout_s(env))  # fmt: skip
 
     def device_for(self, device: str) -> str:
         """The device this rank loads models on: plain ``cuda`` becomes ``cuda:LOCAL_RANK``.
@@ -108,6 +118,19 @@ class Launch:
         'cuda:1'
         """
         return f"cuda:{self.local_rank}" if device == "cuda" else device
+
+
+def _timeout_s(env: Mapping[str, str]) -> float:
+    timeout = env.get(TIMEOUT_ENV, "").strip()
+    if not timeout:
+        return DEFAULT_TIMEOUT_S
+    try:
+        timeout_s = float(timeout)
+    except ValueError:
+        timeout_s = float("nan")
+    if not timeout_s > 0 or timeout_s == float("inf"):
+        raise DistributedError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {timeout!r}")
+    return timeout_s
 
 
 def _int_var(env: Mapping[str, str], name: str, default: int | None = None) -> int:

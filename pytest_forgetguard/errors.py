@@ -81,3 +81,11 @@ def headline(text: str) -> str:
     if lines[0].endswith(":") and len(lines) > 1:
         return f"{lines[0]} {lines[1]}"
     return lines[0]
+
+
+def own_error(excinfo: object) -> bool:
+    """For a module's ``__tracebackhide__``: pytest hides that module's frames under a forgetguard error, whose
+    message says what is wrong and the fix (the frames of model loading would only bury it), and shows them
+    for any other exception (a bug)."""
+    check = getattr(excinfo, "errisinstance", None)
+    return bool(check is not None and check(ForgetguardError))

@@ -24,7 +24,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -45,6 +45,11 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open()``: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
 
 
 def write_atomic(path: Path, data: str | bytes | Callable[[IO[bytes]], None]) -> None:
@@ -130,13 +135,40 @@ def read_text(path: Path, what: str = "file") -> str:
     """
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise TextFileError(str(path), f"no such {what}") from None
-    except IsADirectoryError:
-        raise TextFileError(str(path), f"a directory, not a {what}") from None
     except OSError as exc:
-        raise TextFileError(str(path), f"cannot read this {what}: {exc.strerror or exc}") from None
+        raise _unreadable(path, what, exc) from None
     return decode_utf8(data, str(path))
+
+
+def read_lines(path: Path, what: str = "file") -> Iterator[str]:
+    """The UTF-8 lines of ``path`` one at a time, for files too large to hold; errors as :func:`read_text`.
+
+    Example::
+
+        for line in read_lines(Path("history.jsonl"), what="history export"):
+            ...
+    """
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; a generator cannot use `with` around the open
+    except OSError as exc:
+        raise _unreadable(path, what, exc) from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield decode_utf8(raw, str(path)) if lineno == 1 else raw.decode("utf-8")
+            except UnicodeDecodeError:
+                try:
+                    decode_utf8(b"\n" * (lineno - 1) + raw, str(path))
+                except TextFileError as exc:
+                    raise exc from None
+
+
+def _unreadable(path: Path, what: str, exc: OSError) -> TextFileError:
+    if isinstance(exc, FileNotFoundError):
+        return TextFileError(str(path), f"no such {what}")
+    if isinstance(exc, IsADirectoryError):
+        return TextFileError(str(path), f"a directory, not a {what}")
+    return TextFileError(str(path), f"cannot read this {what}: {exc.strerror or exc}")
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}

@@ -8,10 +8,16 @@ base; for retention: the base cache's task key and the metric), so a changed
 prompt file, task or base starts a new series and series are never mixed.
 
 Safe to share: WAL mode and a busy timeout for concurrent runs on one file; a
-run is written in one transaction at its end (a killed run adds nothing);
-pytest-xdist's controller alone writes. Histories from several machines merge
-through JSONL (:meth:`History.export_jsonl` / :meth:`History.import_jsonl`):
-a run carries a unique id, so importing it twice adds nothing.
+run is written in one transaction at its end (a killed run adds nothing); a new
+file is built beside its path and linked into place whole (a full disk leaves no
+0-byte history); pytest-xdist's controller alone writes. Histories from several
+machines merge through JSONL (:meth:`History.export_jsonl` /
+:meth:`History.import_jsonl`): a run carries a unique id, and a run already
+there — by id or by content — is not added again.
+
+A file that is not a readable history (corrupt, truncated, empty, not SQLite)
+raises :class:`HistoryUnreadable`; the gate then moves it aside
+(:meth:`History.move_aside`, never deleting it) and starts a fresh one.
 
 Example::
 
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import ForgetguardError
+from .files import file_mode
 from .records import CheckRecord
 
 # 2: runs record whether they finished (complete, incomplete_reason); a schema 1 file upgrades in place.
@@ -74,11 +81,17 @@ CREATE TABLE IF NOT EXISTS checks (
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX IF NOT EXISTS checks_by_series ON checks (series, base_fingerprint);
+CREATE INDEX IF NOT EXISTS runs_by_time ON runs (time);
 """
 
 
 class HistoryError(ForgetguardError):
     """The history file cannot be used (another schema version, not a history, unreadable)."""
+
+
+class HistoryUnreadable(HistoryError):
+    """The file is not a readable history (corrupt, truncated, empty, not SQLite, cannot be opened): the gate
+    moves it aside and starts a fresh one, where a history of another schema version is left alone."""
 
 
 @dataclass(frozen=True)
@@ -210,12 +223,12 @@ class History:
     def _connect(self, write: bool) -> Iterator[sqlite3.Connection]:
         if not write and not self.path.exists():
             raise HistoryError(f"no run history at {self.path} yet: run pytest --forgetguard first")
-        if write:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if write and not self.path.exists():
+            self._create()
         try:
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise HistoryError(f"cannot open the run history {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise self._unreadable(exc) from None
         with closing(conn):
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -225,9 +238,88 @@ class History:
                     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 self._upgrade(conn)
                 self._check_schema(conn)
-                yield conn
             except sqlite3.DatabaseError as exc:
-                raise HistoryError(f"{self.path} is not a forgetguard run history ({exc})") from None
+                raise self._unreadable(exc) from None
+            try:
+                yield conn
+            except sqlite3.DatabaseError as exc:  # a page read mid-query: a truncated or corrupt file
+                raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: sqlite3.DatabaseError) -> HistoryError:
+        """Damage (moved aside by the gate) or a problem of this moment (a full disk, a lock: left alone)."""
+        text, code = str(exc), getattr(exc, "sqlite_errorname", "")
+        if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            return HistoryUnreadable(f"{self.path} is not a forgetguard run history, or is damaged ({text})")
+        if code.startswith("SQLITE_CANTOPEN") and self.path.is_file():
+            return HistoryUnreadable(f"cannot read the run history {self.path}: {text}")
+        if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+            return HistoryError(
+                f"cannot write the run history {self.path}: {text} (is its disk full?); nothing of this run was "
+                "written and the file is as it was"
+            )
+        return HistoryError(f"cannot use the run history {self.path}: {text}")
+
+    def _create(self) -> None:
+        """Build an empty history beside the path and link it into place whole: a full disk or a killed run
+        leaves no 0-byte file; a concurrent run that created it first wins, and its file is used."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise HistoryError(
+                f"cannot create the run history {self.path}: a file is in the way of its folder; choose another "
+                "path with --fg-history / --history"
+            ) from None
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with closing(sqlite3.connect(tmp, isolation_level=None)) as conn:
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            os.chmod(tmp, file_mode())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+        except (sqlite3.Error, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise HistoryError(
+                f"cannot create the run history {self.path}: {why} (free space there, or choose another path "
+                "with --fg-history / --history)"
+            ) from None
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+                leftover.unlink(missing_ok=True)
+
+    def move_aside(self) -> Path:
+        """Rename the file (and its WAL and shared-memory files) to ``<name>.unreadable-<time>``; never deletes.
+
+        Returns the new path of the main file. Example::
+
+            try:
+                rows = history.rows()
+            except HistoryUnreadable:
+                print("moved to", history.move_aside())
+        """
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.unreadable-{stamp}-{uuid.uuid4().hex[:6]}")
+        for suffix in ("-wal", "-shm", "-journal"):
+            companion = self.path.with_name(self.path.name + suffix)
+            if companion.exists():
+                os.replace(companion, aside.with_name(aside.name + suffix))
+        os.replace(self.path, aside)
+        return aside
+
+    def verify(self) -> None:
+        """Raise :class:`HistoryUnreadable` (or :class:`HistoryError`, another schema) unless the file opens as a
+        history: its header, schema version and the first page of each table. Cheap: it reads a few pages.
+
+        Example::
+
+            History(Path(".cache/history.sqlite")).verify()
+        """
+        with self._connect(write=False) as conn:
+            for table in ("runs", "checks"):
+                conn.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()
+            conn.execute("SELECT max(time) FROM runs").fetchone()  # the time index's last page
 
     def _upgrade(self, conn: sqlite3.Connection) -> None:
         """Schema 1 -> 2 in place, in one transaction: runs gain ``complete`` (1: every old run finished, as
@@ -256,9 +348,11 @@ class History:
         try:
             found = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise HistoryError(f"{self.path} is not a forgetguard run history ({exc})") from None
+            if "no such table" in str(exc):  # an empty file, or another program's SQLite database
+                raise HistoryUnreadable(f"{self.path} is not a forgetguard run history ({exc})") from None
+            raise
         if found is None:
-            raise HistoryError(f"{self.path} is not a forgetguard run history (no schema version)")
+            raise HistoryUnreadable(f"{self.path} is not a forgetguard run history (no schema version)")
         if found[0] != str(SCHEMA_VERSION):
             version = found[0]
             raise HistoryError(
@@ -271,57 +365,56 @@ class History:
     def add_run(self, run: Run, records: Sequence[CheckRecord]) -> bool:
         """Add a run and its check records in one transaction; False when the run is there already."""
         rows = [_row_values(run.run_id, seq, rec) for seq, rec in enumerate(records)]
-        return self._add(run, rows)
-
-    def _add(self, run: Run, rows: Sequence[tuple[Any, ...]]) -> bool:
         with self._connect(write=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                added = conn.execute(
-                    "INSERT OR IGNORE INTO runs (run_id, time, host, git_commit, source, complete, incomplete_reason) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (run.run_id, run.time, run.host, run.git_commit, run.source, int(run.complete),
-                     run.incomplete_reason),
-                ).rowcount  # fmt: skip
-                if added:
-                    conn.executemany(f"INSERT INTO checks VALUES ({', '.join('?' * 16)})", rows)
+                added = _insert(conn, run, rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return bool(added)
+        return added
 
     # -- reading ---------------------------------------------------------------------
 
-    def runs(self) -> list[Run]:
+    def runs(self, last: int | None = None) -> list[Run]:
+        """The runs in time order; ``last``: only the latest N (answered from the time index)."""
+        query = "SELECT run_id, time, host, git_commit, source, complete, incomplete_reason FROM runs"
         with self._connect(write=False) as conn:
-            found = conn.execute(
-                "SELECT run_id, time, host, git_commit, source, complete, incomplete_reason FROM runs ORDER BY time"
-            ).fetchall()
+            if last is None:
+                found = conn.execute(query + " ORDER BY time").fetchall()
+            else:
+                found = conn.execute(query + " ORDER BY time DESC LIMIT ?", (max(last, 0),)).fetchall()[::-1]
         return [Run(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in found]
 
     def rows(
         self,
         name: str | None = None,
-        series: str | None = None,
+        series: str | Sequence[str] | None = None,
         base_fingerprint: str | None = None,
         kind: str | None = None,
+        run_ids: Sequence[str] | None = None,
+        records: bool = True,
     ) -> list[Row]:
-        """Check rows in run order, optionally only those of one check name, series, base or kind."""
+        """Check rows in run order, optionally only those of one check name, series (or any of several),
+        base, kind or set of runs. A gate reads only the series it forecasts from, without the stored
+        records (``records=False``: each row's ``record`` is empty), so its memory does not grow with the
+        history."""
         where, args = [], []
-        for column, value in (
-            ("name", name),
-            ("series", series),
-            ("base_fingerprint", base_fingerprint),
-            ("kind", kind),
-        ):
+        for column, value in (("name", name), ("base_fingerprint", base_fingerprint), ("kind", kind)):
             if value is not None:
                 where.append(f"c.{column} = ?")
                 args.append(value)
+        for column, values in (("series", series), ("run_id", run_ids)):
+            if values is not None:
+                values = [values] if isinstance(values, str) else list(values)
+                where.append(f"c.{column} IN ({', '.join('?' * len(values))})" if values else "0")
+                args.extend(values)
         query = (
             "SELECT c.run_id, c.seq, c.name, c.kind, c.series, c.base_fingerprint, c.candidate, "
             "c.candidate_fingerprint, c.metric, c.value, c.drop_value, c.budget, c.passed, c.error, c.decided_by, "
-            "c.record, r.time, r.complete FROM checks c JOIN runs r USING (run_id)"
+            + ("c.record" if records else "'{}'")
+            + ", r.time, r.complete FROM checks c JOIN runs r USING (run_id)"
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + " ORDER BY r.time, c.run_id, c.seq"
         )
@@ -359,33 +452,67 @@ class History:
         return len(runs)
 
     def import_jsonl(self, lines: Iterable[str], source: str = "") -> tuple[int, int]:
-        """Add the runs of an export; returns (runs added, runs already there).
+        """Add the runs of an export, in one transaction; returns (runs added, runs already there).
 
-        Every line is validated first (types, finite numbers in sane ranges, known kinds, booleans as
-        booleans); if any is refused, nothing is imported and the error names each refused line (up to
-        ten) with its reason: a history is data, and half an import is worse than none.
+        Lines are read one at a time (memory does not grow with the file). Each is validated (types,
+        finite numbers in sane ranges, known kinds, booleans as booleans); if any is refused, nothing is
+        imported and the error names each refused line (up to ten) with its reason: a history is data,
+        and half an import is worse than none. A run already there — the same id, or the same content
+        under another id (an export edited or converted twice) — is counted, not added again.
         """
-        parsed: list[tuple[Run, list[tuple[Any, ...]]]] = []
         refused: list[str] = []
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+        count = added = skipped = 0
+        with self._connect(write=True) as conn:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                parsed.append(_parse_line(line, f"{source or 'import'}:{lineno}"))
-            except HistoryError as exc:
-                refused.append(str(exc))
-        if refused:
-            more = f" (and {len(refused) - 10} more)" if len(refused) > 10 else ""
-            raise HistoryError(
-                f"{len(refused)} line(s) refused, nothing imported{more}:\n  " + "\n  ".join(refused[:10])
-            )
-        added = skipped = 0
-        for run, rows in parsed:
-            if self._add(run, rows):
-                added += 1
-            else:
-                skipped += 1
+                for lineno, line in enumerate(lines, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        run, rows = _parse_line(line, f"{source or 'import'}:{lineno}")
+                    except HistoryError as exc:
+                        count += 1
+                        if len(refused) < 10:
+                            refused.append(str(exc))
+                        continue
+                    if count:
+                        continue  # a line was refused: nothing will be imported, only validate the rest
+                    if _insert(conn, run, rows):
+                        added += 1
+                    else:
+                        skipped += 1
+                if count:
+                    more = f" (and {count - 10} more)" if count > 10 else ""
+                    raise HistoryError(f"{count} line(s) refused, nothing imported{more}:\n  " + "\n  ".join(refused))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         return added, skipped
+
+
+def _content(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A stored check row without its run id, its record parsed (key order is not content)."""
+    return (*row[1:-1], json.loads(row[-1]))
+
+
+def _insert(conn: sqlite3.Connection, run: Run, rows: Sequence[tuple[Any, ...]]) -> bool:
+    """Insert a run and its rows inside the caller's transaction; False when it is there (by id or content)."""
+    for (other,) in conn.execute(
+        "SELECT run_id FROM runs WHERE time = ? AND host IS ? AND git_commit IS ? AND run_id != ?",
+        (run.time, run.host, run.git_commit, run.run_id),
+    ).fetchall():
+        stored = conn.execute("SELECT * FROM checks WHERE run_id = ? ORDER BY seq", (other,)).fetchall()
+        if [_content(r) for r in stored] == [_content(r) for r in rows]:
+            return False  # the same run under another id
+    added = conn.execute(
+        "INSERT OR IGNORE INTO runs (run_id, time, host, git_commit, source, complete, incomplete_reason) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (run.run_id, run.time, run.host, run.git_commit, run.source, int(run.complete), run.incomplete_reason),
+    ).rowcount
+    if added:
+        conn.executemany(f"INSERT INTO checks VALUES ({', '.join('?' * 16)})", rows)
+    return bool(added)
 
 
 def _parse_line(line: str, where: str) -> tuple[Run, list[tuple[Any, ...]]]:
@@ -406,6 +533,14 @@ _TIME_RANGE = (1e9, 4e9)
 _VALUE_LIMIT = 1e100
 
 
+def _optional(where: str, key: str, x: Any, kind: type | tuple[type, ...] = str) -> None:
+    if x is not None and (isinstance(x, bool) or not isinstance(x, kind)):
+        raise ValueError(f"{where}{key} must be {_KIND_WORDS.get(kind, 'a string')} or null, got {x!r}")
+
+
+_KIND_WORDS: dict[Any, str] = {str: "a string", dict: "an object", int: "a whole number", (int, float): "a number"}
+
+
 def _validate_run(r: Any) -> None:
     if not isinstance(r, dict):
         raise ValueError("'run' must be an object")
@@ -416,6 +551,20 @@ def _validate_run(r: Any) -> None:
         raise ValueError(f"time must be a Unix time between 2001 and 2096, got {t!r}")
     if not isinstance(r.get("complete", True), bool):
         raise ValueError(f"complete must be true or false, got {r.get('complete')!r}")
+    for key in ("host", "git_commit", "source", "incomplete_reason"):
+        _optional("", key, r.get(key))
+
+
+def _validate_check(check: Any, i: int, seqs: set[int]) -> None:
+    if not isinstance(check, dict):
+        raise ValueError(f"check {i} must be an object")
+    seq = check.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 1_000_000 or seq in seqs:
+        raise ValueError(f"check {i}: seq must be a distinct whole number from 0, got {seq!r}")
+    seqs.add(seq)
+    for key in ("series", "decided_by"):
+        _optional(f"check {i}: ", key, check.get(key))
+    _validate_record(check.get("record"), i)
 
 
 def _validate_record(record: Any, i: int) -> None:
@@ -430,9 +579,18 @@ def _validate_record(record: Any, i: int) -> None:
             raise ValueError(f"check {i}: {key} must be a non-empty string, got {record.get(key)!r}")
     if not isinstance(record.get("passed"), bool):
         raise ValueError(f"check {i}: passed must be true or false, got {record.get('passed')!r}")
+    where = f"check {i}: "
+    for key in ("metric", "error", "nodeid", "file"):
+        _optional(where, key, record.get(key))
+    _optional(where, "n", record.get("n"), int)
+    for key in ("base", "candidate_info", "details"):
+        _optional(where, key, record.get(key), dict)
+    for key in ("base", "candidate_info"):
+        for sub in ("spec", "fingerprint"):
+            _optional(where, f"{key}.{sub}", (record.get(key) or {}).get(sub))
     details = record.get("details") or {}
-    if not isinstance(details, dict):
-        raise ValueError(f"check {i}: details must be an object")
+    for key in ("series", "decided_by"):
+        _optional(where, f"details.{key}", details.get(key))
     numbers = {k: record.get(k) for k in ("value", "base_value", "candidate_value", "delta", "budget", "ci_low",
                                           "ci_high", "p_value")}  # fmt: skip
     numbers["details.drop"] = details.get("drop")
@@ -453,8 +611,9 @@ def _parse_export(data: dict[str, Any], where: str) -> tuple[Run, list[tuple[Any
         _validate_run(r)
         if not isinstance(data.get("checks"), list):
             raise ValueError("'checks' must be a list")
+        seqs: set[int] = set()
         for i, check in enumerate(data["checks"]):
-            _validate_record(check.get("record") if isinstance(check, dict) else None, i)
+            _validate_check(check, i, seqs)
         complete = r.get("complete", True)
         run = Run(str(r["run_id"]), float(r["time"]), str(r.get("host") or ""), r.get("git_commit"),
                   str(r.get("source") or ""), complete, r.get("incomplete_reason"))  # fmt: skip

@@ -762,10 +762,15 @@ def evaluate(
             handle, tm, todo, num_fewshot, limit, batch_size, seed, apply_chat_template, backend=backend, warn=warn,
             parallel=parallel,
         )  # fmt: skip
+        # Every rank holds the same gathered results: one writer per node (nodes may each have their own
+        # cache directory; on a shared one their writes are atomic and identical), the others remember.
+        writes = parallel is None or parallel.launch.local_rank == 0
         for name, run in fresh.items():
             runs[name] = run
-            if cache is not None:
+            if cache is not None and writes:
                 cache.store(CACHE_NAMESPACE, keys[name], run.to_json(), meta={"task": name, "model": handle.label})
+            elif cache is not None:
+                cache.remember(CACHE_NAMESPACE, keys[name], run.to_json())
     return {n: runs[n] for n in tasks}
 
 

@@ -19,7 +19,7 @@ from . import context
 from .errors import CheckFailed, ForgetguardError, headline
 from .session import ForgetguardSession
 from .settings import DEFAULT_SEED, SettingsError, device_problem, resolve
-from .stash import HISTORY_KEY, ORDER_KEY, PROGRESS_KEY, QUIET_KEY, SESSION_KEY
+from .stash import HISTORY_KEY, ORDER_KEY, PROGRESS_KEY, PYTEST_SESSION_KEY, QUIET_KEY, SESSION_KEY
 
 if TYPE_CHECKING:
     from .comparison import Forgetguard
@@ -228,11 +228,17 @@ def _rootdir_trap(config: pytest.Config) -> str | None:
     if here.is_relative_to(root):
         return None  # the usual case: the rootdir holds the folder pytest was started in
     for flag, value in zip(args, args[1:]):
-        path = (here / value).resolve() if flag in _PATH_OPTIONS else None
-        if path is not None and path.exists() and path.is_relative_to(root):
+        given = here / value
+        if flag not in _PATH_OPTIONS or not given.exists():
+            continue
+        # pytest places its rootdir by the path as written, without following symbolic links: a link into
+        # another project takes pytest there. Compare the path as written and as resolved.
+        as_written = Path(os.path.abspath(given))
+        if as_written.is_relative_to(root) or given.resolve().is_relative_to(root.resolve()):
             config_file = f" and {config.inipath} as its configuration" if config.inipath else ""
+            link = f" (a symbolic link to {root.resolve()})" if root.resolve() != Path(os.path.abspath(root)) else ""
             return (
-                f"pytest took {root} as its rootdir{config_file} because {flag} {value} is written as two "
+                f"pytest took {root}{link} as its rootdir{config_file} because {flag} {value} is written as two "
                 f"arguments (pytest reads the value as a path to test). Write {flag}={value} (one argument), "
                 "or pass --rootdir / -c to choose"
             )
@@ -277,7 +283,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     fg = config.stash[SESSION_KEY]
     if not fg.settings.enabled or not _writes_reports(config):
         return
+    config.stash[PYTEST_SESSION_KEY] = session  # to make the exit status non-zero when a report cannot be written
     fg.remove_old_reports()
+    fg.check_history()  # before xdist starts its workers (its sessionstart runs last): they read it
     if config.get_verbosity() < 0:
         return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
@@ -379,9 +387,32 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for line, verdict in terminal_lines(session.results):
         colour = {} if verdict is None else ({"green": True} if verdict == "PASS" else {"red": True})
         terminalreporter.write_line(line, **colour)
+    for notice in session.notices():
+        terminalreporter.write_line(f"forgetguard: {notice}", yellow=True)
     _write_history(config, terminalreporter)  # first: the reports say whether the run was recorded
-    for path in session.write_reports():
-        terminalreporter.write_line(f"forgetguard report written to {path}")
+    _write_reports(config, terminalreporter)
+
+
+def _write_reports(config: pytest.Config, terminalreporter: Any = None) -> None:
+    """Write the requested reports; one that cannot be written is named with the OS error, and the run fails."""
+    session = config.stash[SESSION_KEY]
+    written, problems = session.write_reports()
+    if terminalreporter is not None:
+        for path in written:
+            terminalreporter.write_line(f"forgetguard report written to {path}")
+    for problem in problems:
+        _fail_run(config, f"forgetguard: {problem}", terminalreporter)
+
+
+def _fail_run(config: pytest.Config, message: str, terminalreporter: Any = None) -> None:
+    """Say ``message`` and make the run's exit status non-zero (the checks' own verdicts stand in the output)."""
+    if terminalreporter is not None:
+        terminalreporter.write_line(message, red=True, bold=True)
+    else:
+        sys.stderr.write(message + "\n")
+    session = config.stash.get(PYTEST_SESSION_KEY, None)
+    if session is not None and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _write_history(config: pytest.Config, terminalreporter: Any = None) -> None:
@@ -395,9 +426,12 @@ def _write_history(config: pytest.Config, terminalreporter: Any = None) -> None:
     try:
         where = session.write_history(config.rootpath)
     except (ForgetguardError, OSError) as exc:  # the run's verdicts stand; say why it is not remembered
-        session.history_status = {"path": str(session.settings.history_path), "written": False, "reason": str(exc)}
-        message = f"forgetguard: the run history was not written: {exc}"
-        if terminalreporter is not None:
+        why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        session.history_status.update(path=str(session.settings.history_path), written=False, reason=why)
+        message = f"forgetguard: the run history was not written: {why}"
+        if session.settings.history is not None:  # asked for by name (--fg-history, ini, env): the run fails
+            _fail_run(config, message + " (the history was asked for explicitly: the run fails)", terminalreporter)
+        elif terminalreporter is not None:
             terminalreporter.write_line(message, yellow=True)
         else:
             sys.stderr.write(message + "\n")
@@ -420,7 +454,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # checks) make sure the requested files still exist.
     _write_history(config)
     if session is not None and session.settings.enabled and not session.reported and _writes_reports(config):
-        session.write_reports()
+        _write_reports(config)
     if session is not None and session.parallel is not None:
         # Rank 0's summary and reports are out: flush them before the other ranks may exit.
         sys.stdout.flush()

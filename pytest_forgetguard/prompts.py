@@ -115,6 +115,8 @@ def parse_prompts(items: Iterable[Any], source: str = "prompts") -> list[PromptR
 def load_prompts(path: str | Path) -> list[PromptRecord]:
     """Read a JSONL prompt file; every problem names the file and line."""
     p = Path(path)
+    if p.is_dir():
+        raise PromptFileError(f"prompt file {p} {directory_given(p)}")
     if not p.is_file():
         raise PromptFileError(
             f"prompt file {p} does not exist" + (f" (looked in {p.resolve().parent})" if not p.is_absolute() else "")
@@ -138,6 +140,18 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     if not records:
         raise PromptFileError(f"prompt file {p} is empty; a KL check needs at least one prompt")
     return records
+
+
+def directory_given(p: Path) -> str:
+    """What to say when a directory is given where a prompt file belongs (it exists: "does not exist" would
+    mislead), naming the JSONL files in it, if any.
+
+    >>> directory_given(Path("/"))[:43]
+    'is a directory; a JSONL file is expected (o'
+    """
+    found = sorted(f.name for f in p.glob("*.jsonl") if f.is_file())
+    inside = f"; it holds {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}: name one" if found else ""
+    return 'is a directory; a JSONL file is expected (one {"prompt": ...} or {"messages": [...]} per line)' + inside
 
 
 def as_records(prompts: PromptsLike) -> list[PromptRecord]:

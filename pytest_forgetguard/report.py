@@ -185,14 +185,17 @@ def json_report(
     candidates: list[dict[str, Any]],
     incomplete_reason: str | None = None,
     history: dict[str, Any] | None = None,
+    notices: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The JSON report (CONTRACT.md): ``complete`` is false, with ``incomplete_reason``, for a run that did not
-    finish; ``history`` says whether the run was recorded (``path``, ``written``, ``reason``)."""
+    finish; ``history`` says whether the run was recorded (``path``, ``written``, ``reason``, and
+    ``moved_aside`` when an unreadable history was moved there); ``notices``: the run's own problems."""
     return {
         "schema": SCHEMA_VERSION,
         "complete": incomplete_reason is None,
         "incomplete_reason": incomplete_reason,
         "history": history or {"path": None, "written": False, "reason": "not recorded"},
+        "notices": list(notices),
         "base": base,
         "candidates": candidates,
         "checks": [r.to_json() for r in records],
@@ -209,8 +212,11 @@ def markdown_report(
     plots: Sequence[str] = (),
     candidates: Sequence[dict[str, Any]] = (),
     incomplete_reason: str | None = None,
+    notices: Sequence[str] = (),
 ) -> str:
     """A pull-request comment: the verdict first, then the table(s), then what failed and why.
+
+    ``notices`` are the run's own problems (a run history moved aside), quoted under the verdict.
 
     Models are named by their short ids everywhere but in one table of the
     models (full SPEC and fingerprint). ``plots`` are file names written next
@@ -230,6 +236,7 @@ def markdown_report(
     else:
         verdict = f"❌ forgetguard: {len(failed)} of {len(records)} checks failed"
     lines = [f"## {verdict}", ""]
+    lines += [line for notice in notices for line in (f"> ⚠️ {notice}", "")]
     labels = dict(zip(cands, column_labels(cands)))
     if len(cands) > 1:
         passing = [labels[c] for c in cands if all(r.passed for r in records if r.candidate == c)]

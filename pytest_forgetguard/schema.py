@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,16 @@ KL_KEYS: dict[str, Key] = {
         default_doc="`base` (`candidate` when reverse)",
         enum=("base", "candidate", "dataset"),
     ),
-    "max_new_tokens": Key(("integer",), "tokens sampled per response", default=64, minimum=1),
+    # Beyond this a KL check is a long-generation benchmark, and a typo (64000) costs hours before it says so.
+    "max_new_tokens": Key(("integer",), "tokens sampled per response", default=64, minimum=1, maximum=8192),
+    # Sampling divides logits by the temperature: below 0.01 it is greedy decoding in all but name (and 1e-320
+    # overflows to inf); above 100 it is uniform noise. Greedy (0) is not sampling: use sample_from: dataset.
     "temperature": Key(
-        ("number",), "sampling temperature (1.0: the model's own distribution)", default=1.0, exclusive_minimum=0
+        ("number",),
+        "sampling temperature (1.0: the model's own distribution; for fixed responses use `sample_from: dataset`)",
+        default=1.0,
+        minimum=0.01,
+        maximum=100,
     ),
     "batch_size": Key(("integer",), "prompts per forward pass", default=8, minimum=1),
     "limit": Key(("integer",), "use only the first N prompts", default_doc="all prompts", minimum=1),
@@ -276,10 +284,45 @@ SECTIONS: tuple[tuple[str, dict[str, Key]], ...] = (
 
 
 def _number_string_pattern(key: Key) -> str:
-    # The YAML 1.1 exponent spelling (see EXPONENT_NUMBER), restricted to the key's range.
-    positive = key.exclusive_minimum is not None and key.exclusive_minimum >= 0
+    # The YAML 1.1 exponent spelling (see EXPONENT_NUMBER), restricted to the key's range: PyYAML reads
+    # `temperature: 1e-320` as the string "1e-320", which the parser takes for a number.
+    decades = _decades(key)
+    if decades is not None:
+        # Between two powers of ten: one leading digit, an exponent from the lower bound's up to the upper
+        # bound's, and the upper bound itself (an unusual spelling such as 0.5e-1 is refused here only).
+        low, high = decades
+        exponents = "|".join(_exponent(e) for e in range(low, high))
+        return rf"^\+?(?:[1-9](?:\.\d*)?[eE](?:{exponents})|1(?:\.0*)?[eE]{_exponent(high)})$"
+    positive = (key.exclusive_minimum is not None and key.exclusive_minimum >= 0) or (key.minimum or 0) > 0
     nonzero = r"(?=[^eE]*[1-9])" if positive else ""
     return rf"^\+?{nonzero}(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"
+
+
+def _exponent(e: int) -> str:
+    return rf"-0*{-e}" if e < 0 else rf"\+?0*{e}"
+
+
+def _decades(key: Key) -> tuple[int, int] | None:
+    """(m, n) when the key's range is exactly [10**m, 10**n], else None."""
+    if key.minimum is None or key.maximum is None or key.minimum <= 0:
+        return None
+    low, high = math.log10(key.minimum), math.log10(key.maximum)
+    if not (low.is_integer() and high.is_integer()):
+        return None
+    return int(low), int(high)
+
+
+def range_text(key: Key) -> str | None:
+    """The key's range as an interval (``[0.01, 100]``, ``(0, 0.5)``) when it has both bounds, else None.
+
+    >>> range_text(KL_KEYS["temperature"]), range_text(KL_KEYS["budget"])
+    ('[0.01, 100]', None)
+    """
+    low = key.minimum if key.minimum is not None else key.exclusive_minimum
+    high = key.maximum if key.maximum is not None else key.exclusive_maximum
+    if low is None or high is None:
+        return None
+    return f"{'[' if key.minimum is not None else '('}{low:g}, {high:g}{']' if key.maximum is not None else ')'}"
 
 
 def _string_schema(key: Key) -> dict[str, Any]:

@@ -14,11 +14,12 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelLoadError
+from . import context
+from .errors import ForgetguardError, ModelLoadError
 from .files import write_atomic
 from .records import CheckRecord
 from .report import json_report, markdown_report, write_json
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from .distributed import DataParallel
     from .models import CustomLoader, ModelHandle, ModelStore
     from .suite import CheckSpec
+
+
+# How a check says the history could not be read mid-run (its details.warnings): the writer then heals it.
+HISTORY_UNREADABLE = "forgetguard could not read the run history"
 
 
 class ForgetguardSession:
@@ -58,7 +63,15 @@ class ForgetguardSession:
         # Why the run did not finish (None: it did): set at session finish, said by every report.
         self.incomplete_reason: str | None = None
         # Whether this run reached the history: {"path", "written", "reason"} (the JSON report's "history").
-        self.history_status: dict[str, Any] = {"path": None, "written": False, "reason": "not written yet"}
+        self.history_status: dict[str, Any] = {
+            "path": None,
+            "written": False,
+            "reason": "not written yet",
+            "moved_aside": None,
+        }
+        self.history_notice: str | None = None  # an unreadable history was moved aside (said on every surface)
+        self.history_unusable: str | None = None  # why this run neither reads nor writes the history
+        self.history_damaged: str | None = None  # a read failed mid-run: the writer heals it at the end
 
     @property
     def store(self) -> "ModelStore":
@@ -257,14 +270,61 @@ class ForgetguardSession:
             except OSError as exc:
                 raise ModelLoadError(f"cannot remove the old report {path}: {exc.strerror or exc}") from None
 
-    def history_rows(self) -> list[Any]:
-        """Every row of the run history (empty when there is none yet, or it is off)."""
-        from .history import History
+    def check_history(self) -> None:
+        """At the start of the run (by the process that writes the history): a history that cannot be read is
+        moved aside, never deleted, and a fresh one starts; one of another schema is left alone, unused.
+
+        Either way the gate runs: retention checks measure instead of forecasting, and every report says so.
+        """
+        from .history import History, HistoryError, HistoryUnreadable
 
         path = self.settings.history_path
         if path is None or not path.exists():
+            return
+        try:
+            History(path).verify()
+        except HistoryUnreadable as exc:
+            self.heal_history(str(exc))
+        except (HistoryError, OSError) as exc:
+            self.history_unusable = f"{exc}; it is left as it is, and this run neither reads nor writes it"
+
+    def notices(self) -> list[str]:
+        """The run's own problems, for every surface (terminal, JSON, Markdown)."""
+        unusable = None if self.history_unusable is None else f"the run history is not used: {self.history_unusable}"
+        return [n for n in (self.history_notice, unusable) if n is not None]
+
+    def heal_history(self, why: str) -> None:
+        """Move the unreadable history aside (once) and say so on every surface."""
+        from .history import History
+
+        path = self.settings.history_path
+        if path is None or self.history_notice is not None or self.history_unusable is not None:
+            return
+        try:
+            aside = History(path).move_aside()
+        except OSError as exc:
+            self.history_unusable = f"{why}; it could not be moved aside ({exc.strerror or exc})"
+            return
+        self.history_status["moved_aside"] = str(aside)  # the JSON report's history.moved_aside
+        self.history_notice = (
+            f"the run history could not be read ({why}): moved aside to {aside}, and a fresh one started at {path}; "
+            "retention checks measure instead of forecasting until it has runs again"
+        )
+
+    def history_rows(self, series: Sequence[str], base_fingerprint: str | None) -> list[Any]:
+        """The history's rows of these series and this base (empty when there is none, it is off, or it cannot
+        be read: a check then measures instead of forecasting, with a warning)."""
+        from .history import History, HistoryError
+
+        path = self.settings.history_path
+        if path is None or self.history_unusable is not None or not path.exists():
             return []
-        return History(path).rows()
+        try:
+            return History(path).rows(series=series, base_fingerprint=base_fingerprint, records=False)
+        except HistoryError as exc:
+            context.warn(f"{HISTORY_UNREADABLE} ({exc}); this check is measured")
+            self.history_damaged = str(exc)
+            return []
 
     def mark_incomplete(self, reason: str) -> None:
         """The run did not finish (interrupted, stopped early): its reports and history row say so."""
@@ -275,49 +335,74 @@ class ForgetguardSession:
 
         An unfinished run is kept, marked incomplete: shown by ``forgetguard history``, never calibrated on.
         """
-        from .history import History, Run, git_commit
+        from .history import History, HistoryError, HistoryUnreadable, Run, git_commit
 
         path = self.settings.history_path
         records = self.results
         if path is None:
-            self.history_status = {
-                "path": None,
-                "written": False,
-                "reason": "no history (--fg-no-history or --fg-no-cache)",
-            }
+            self.history_status.update(path=None, written=False, reason="no history (--fg-no-history or --fg-no-cache)")
             return None
         if not records:
-            self.history_status = {"path": str(path), "written": False, "reason": "no forgetguard checks ran"}
+            self.history_status.update(path=str(path), written=False, reason="no forgetguard checks ran")
             return None
+        if self.history_unusable is not None:
+            self.history_status.update(path=str(path), written=False, reason=self.history_unusable)
+            raise HistoryError(self.history_unusable)
+        damaged = self.history_damaged or next(  # found by this process, or by an xdist worker's check
+            (w for r in records for w in r.details.get("warnings", []) if str(w).startswith(HISTORY_UNREADABLE)), None
+        )
+        if damaged is not None:
+            self.heal_history(str(damaged))
         run = Run.now(
             git_commit=git_commit(rootdir), complete=self.incomplete_reason is None, reason=self.incomplete_reason
         )
-        History(path).add_run(run, records)
-        self.history_status = {"path": str(path), "written": True, "reason": None}
+        try:
+            History(path).add_run(run, records)
+        except HistoryUnreadable as exc:  # damaged where this run's reads did not look: heal, write afresh
+            self.heal_history(str(exc))
+            History(path).add_run(run, records)
+        self.history_status.update(path=str(path), written=True, reason=None)
         return str(path)
 
-    def write_reports(self) -> list[str]:
-        """Write the requested reports, and plots next to them; returns what was written."""
-        written = []
+    def write_reports(self) -> tuple[list[str], list[str]]:
+        """Write the requested reports, and plots next to them; returns (what was written, what could not be
+        written and why). A report that fails does not stop the others."""
+        written: list[str] = []
+        problems: list[str] = []
         records = self.results
         base, cands = self.model_info()
+
+        def attempt(path: Path, write: Callable[[], Any], what: str) -> bool:
+            try:
+                write()
+            except (OSError, ForgetguardError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                problems.append(f"the {what} {path} could not be written: {why}")
+                return False
+            written.append(str(path))
+            return True
+
         targets = [p for p in (self.settings.report_json, self.settings.report_md) if p is not None]
         plots: list[str] = []
         if targets and records:
             from .plots import plots_available, write_plots
 
             if plots_available():
-                plots = [str(p) for p in write_plots(records, targets[0].parent, prefix=targets[0].stem)]
-        if self.settings.report_json is not None:
-            data = json_report(records, base, cands, self.incomplete_reason, self.history_status)
-            write_json(self.settings.report_json, data)
-            written.append(str(self.settings.report_json))
-        if self.settings.report_md is not None:
+                folder, found = targets[0].parent, []
+                if attempt(
+                    folder, lambda: found.extend(write_plots(records, folder, prefix=targets[0].stem)), "plots in"
+                ):
+                    written.pop()  # the folder: the plots themselves are listed
+                    plots = [str(p) for p in found]
+        json_path, md_path = self.settings.report_json, self.settings.report_md
+        if json_path is not None:
+            data = json_report(records, base, cands, self.incomplete_reason, self.history_status, self.notices())
+            attempt(json_path, lambda: write_json(json_path, data), "JSON report")
+        if md_path is not None:
             text = markdown_report(records, base, plots=[os.path.basename(p) for p in plots], candidates=cands,
-                                   incomplete_reason=self.incomplete_reason)  # fmt: skip
-            write_atomic(self.settings.report_md, text)
-            written.append(str(self.settings.report_md))
-        return written + plots
+                                   incomplete_reason=self.incomplete_reason, notices=self.notices())  # fmt: skip
+            attempt(md_path, lambda: write_atomic(md_path, text), "Markdown report")
+        return written + plots, problems
 
 
 class RunForecasts:
@@ -329,7 +414,7 @@ class RunForecasts:
 
     def __init__(self, session: ForgetguardSession) -> None:
         self.session = session
-        self._rows: list[Any] | None = None
+        self._rows: dict[Any, list[Any]] = {}  # per pair of series, read at its first forecast
         # The KL checks of the suite whose item runs now (set by the item, emptied for fixture tests).
         self.suite_kl: dict[str, dict[str, Any]] = {}
         self._measured_kl: list[CheckRecord] = []  # KL records retention checks measured for forecasts
@@ -356,10 +441,10 @@ class RunForecasts:
     ) -> list[tuple[float, float]]:
         from .calibration import PairKey, points
 
-        if self._rows is None:
-            self._rows = self.session.history_rows()
         key = PairKey(kl_series, retention_series, base_fingerprint)
-        return [(p.kl, p.drop) for p in points(self._rows, key, exclude_candidate)]
+        if key not in self._rows:  # only this pair's rows: the gate's memory does not grow with the history
+            self._rows[key] = self.session.history_rows([kl_series, retention_series], base_fingerprint)
+        return [(p.kl, p.drop) for p in points(self._rows[key], key, exclude_candidate)]
 
 
 def run_check(fg: "Forgetguard", check: "CheckSpec") -> Any:

@@ -14,8 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +157,30 @@ def device_problem(device: str | None) -> str | None:
     return None
 
 
+def unwritable(path: Path) -> str | None:
+    """Why a file could not be written at ``path`` (None when, as far as can be told without writing, it can):
+    a parent that is a file, or a folder this process may not write in. Missing folders are fine: the
+    writer creates them.
+
+    >>> unwritable(Path(__file__)) is None  # a file that exists, in a folder the tests can write
+    True
+    """
+    folder = Path(os.path.abspath(path)).parent
+    for existing in (folder, *folder.parents):
+        try:
+            mode = os.stat(existing).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not there (yet), or below a file: look further up
+        except OSError as exc:
+            return f"{existing}: {exc.strerror or exc}"
+        if not stat.S_ISDIR(mode):
+            return f"{existing} is a file, not a folder ({os.strerror(errno.ENOTDIR)})"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"the folder {existing} is not writable ({os.strerror(errno.EACCES)})"
+        return None
+    return None
+
+
 def _split_specs(value: str) -> list[str]:
     return [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
 
@@ -274,6 +300,11 @@ def resolve(
         path = Path(str(raw)).expanduser()
         if path.is_dir():
             raise SettingsError(flag, f"{path} is a directory; give a file path")
+        problem = unwritable(path)
+        if problem is not None:  # now, not as an internal error when the run starts or ends
+            raise SettingsError(
+                flag, f"cannot write the report {path}: {problem}; give a path in a folder you can write"
+            )
         return path
 
     return Settings(

@@ -18,4 +18,5 @@ SESSION_KEY = pytest.StashKey[ForgetguardSession]()
 PROGRESS_KEY = pytest.StashKey[Any]()  # the progress sink to restore at unconfigure
 ORDER_KEY = pytest.StashKey[dict[str, int]]()  # nodeid -> index in the collection
 HISTORY_KEY = pytest.StashKey[bool]()  # set once this run's records are in the run history
+PYTEST_SESSION_KEY = pytest.StashKey[pytest.Session]()  # the process that writes the reports
 QUIET_KEY = pytest.StashKey[bool]()  # whether third-party output was quiet before this run (restored at the end)

@@ -27,7 +27,18 @@ from typing import Any
 
 from .errors import SuiteError
 from .files import TextFileError, decode_utf8
-from .schema import CHECK_KEYS, DEFAULTS_KEYS, KIND_KEYS, KINDS, MODEL_KEYS, REQUIRED, TOP_KEYS, TYPE_WORDS, Key
+from .schema import (
+    CHECK_KEYS,
+    DEFAULTS_KEYS,
+    KIND_KEYS,
+    KINDS,
+    MODEL_KEYS,
+    REQUIRED,
+    TOP_KEYS,
+    TYPE_WORDS,
+    Key,
+    range_text,
+)
 
 # PyYAML reads YAML 1.1, where ``1e-6`` (no dot) is a string, while YAML 1.2 (editors) reads a
 # number: such strings are accepted wherever a number is. The sign is allowed here so that ``-1e-6``
@@ -161,14 +172,16 @@ def _number(where: _Where, keys: tuple[Any, ...], label: str, value: float, key:
     # NaN compares false with everything, so a NaN budget would pass every check.
     if not math.isfinite(value):
         raise where.error(keys, f"{label}: must be a finite number, got {value!r}")
+    interval = range_text(key)
+    within = "" if interval is None else f" (the range is {interval})"
     if key.minimum is not None and value < key.minimum:
-        raise where.error(keys, f"{label}: must be >= {key.minimum:g}, got {value!r}")
+        raise where.error(keys, f"{label}: must be >= {key.minimum:g}, got {value!r}{within}")
     if key.exclusive_minimum is not None and value <= key.exclusive_minimum:
-        raise where.error(keys, f"{label}: must be > {key.exclusive_minimum:g}, got {value!r}")
+        raise where.error(keys, f"{label}: must be > {key.exclusive_minimum:g}, got {value!r}{within}")
     if key.exclusive_maximum is not None and value >= key.exclusive_maximum:
-        raise where.error(keys, f"{label}: must be < {key.exclusive_maximum:g}, got {value!r}")
+        raise where.error(keys, f"{label}: must be < {key.exclusive_maximum:g}, got {value!r}{within}")
     if key.maximum is not None and value > key.maximum:
-        raise where.error(keys, f"{label}: must be <= {key.maximum:g}, got {value!r}")
+        raise where.error(keys, f"{label}: must be <= {key.maximum:g}, got {value!r}{within}")
     if key.count_or_fraction and value > 1 and not float(value).is_integer():
         raise where.error(keys, f"{label}: a whole number of items or a fraction in (0, 1], got {value!r}")
     return value
@@ -185,6 +198,12 @@ def _string(where: _Where, keys: tuple[Any, ...], label: str, value: str, key: K
         raise where.error(keys, f"{label}: {value!r} is not allowed here: {key.forbidden_hint}")
     if key.path == "file":
         target = directory / value
+        if target.is_dir():
+            from .prompts import directory_given  # the one kind of file a suite names
+
+            raise where.error(
+                keys, f"{label}: {target} {directory_given(target)} (paths are relative to the suite file)"
+            )
         if not target.is_file():
             raise where.error(keys, f"{label}: file {target} does not exist (paths are relative to the suite file)")
         return str(target)

@@ -182,3 +182,31 @@ def remote_code_model(base_dir: Path, out: Path) -> Path:
     cfg["auto_map"] = {"AutoConfig": "modeling_fg.FgConfig", "AutoModelForCausalLM": "modeling_fg.FgForCausalLM"}
     (out / "config.json").write_text(json.dumps(cfg))
     return out
+
+
+def resized_vocab_lora(resized_dir: Path, base_dir: Path, out: Path) -> Path:
+    """A LoRA adapter trained on ``resized_dir`` (a larger vocabulary), saving its LM head (modules_to_save),
+    whose config names ``base_dir`` as its base: the vocabulary it carries does not fit that base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resized_dir, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    )
+    peft_model.save_pretrained(out)
+    cfg = out / "adapter_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "base_model_name_or_path": str(base_dir)}))
+    return out
+
+
+def cast_copy(src: Path, out: Path, dtype: str) -> Path:
+    """``src`` saved again in ``dtype`` (e.g. bfloat16): the same weights, rounded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(getattr(torch, dtype))
+    model.save_pretrained(out, safe_serialization=True)
+    _copy_tokenizer(src, out)
+    return out

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,20 @@ def faulty(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> d
     (bad_config / "config.json").write_text('{"model_type": "llama", ')
     paths["bad_config"] = bad_config
     return paths
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, small filesystem (tmpfs, 256 KiB) to fill up: writes past its end fail with ENOSPC, as on a
+    full CI runner. Mounting needs root (CI and this project's machines run as root)."""
+    import subprocess
+
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.decode().strip()}): run as root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

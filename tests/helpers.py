@@ -7,6 +7,7 @@ among its arguments, and a model path given as a separate argument would take pa
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,3 +29,15 @@ def forgetguard_args(base: object, *candidates: object, cache: Path | None = Non
     """``--forgetguard --fg-base=... --fg-candidate=...`` (and ``--fg-cache-dir=``) for a pytester run."""
     args = ["--forgetguard", f"--fg-base={base}", *(f"--fg-candidate={c}" for c in candidates)]
     return args + ([f"--fg-cache-dir={cache}"] if cache is not None else [])
+
+
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill ``disk`` until at most ``leave`` bytes are free."""
+    with open(disk / "ballast", "ab") as fh:
+        block = b"\0" * 4096
+        while os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize > leave:
+            try:
+                fh.write(block)
+                fh.flush()
+            except OSError:
+                break

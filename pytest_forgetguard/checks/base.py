@@ -72,6 +72,11 @@ if TYPE_CHECKING:
     from ..models import ModelHandle
 
 
+# More prompts (KL) or items (retention) than this give a warning with the work they cost: on a CPU that is
+# hours, and a typo (a whole dataset as the prompt file, a missing limit) should not pass unnoticed.
+LARGE_INPUT = 5_000
+
+
 def check_number(name: str, value: Any, minimum: float = 0.0) -> float:
     """``value`` as a float, unless it is not a finite number >= ``minimum`` (a ``ValueError`` naming ``name``).
 
@@ -225,6 +230,13 @@ class PairChecks:
             if message not in cand.notices:
                 cand.notices.append(message)
                 self._warn(message)
+        elif compare:
+            from ..models.compat import precision_difference
+
+            precision = precision_difference(self.base, cand)  # a bf16 copy of an fp32 base "drifts" by rounding
+            if precision is not None and precision not in cand.notices:
+                cand.notices.append(precision)
+                self._warn(precision)
         for message in cand.notices:
             context.note(message)
 

@@ -19,6 +19,7 @@ Example (in a test)::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,8 @@ from ..cache import cache_key
 from ..errors import KLBudgetExceeded, PromptFileError
 from ..kl import METRICS, KLResult, PromptKL, TokenSequence, teacher_forced_kl
 from ..prompts import PromptRecord, PromptsLike, as_records, encode_prompt, encode_response, token_digest
-from ..schema import KL_KEYS
-from .base import PairChecks, check_number
+from ..schema import KL_KEYS, range_text
+from .base import LARGE_INPUT, PairChecks, check_number
 
 if TYPE_CHECKING:
     from ..models import ModelLike
@@ -80,9 +81,8 @@ class KLChecks(PairChecks):
         sample_from = sample_from or DEFAULT_SAMPLE_FROM[direction]
         if sample_from not in SAMPLE_FROM:
             raise ValueError(f"sample_from must be one of {', '.join(SAMPLE_FROM)}, got {sample_from!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        check_number("temperature", temperature, minimum=1e-6)
+        _check_range("max_new_tokens", max_new_tokens, integer=True)
+        _check_range("temperature", temperature)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -143,6 +143,10 @@ class KLChecks(PairChecks):
         fixed = [encode_response(tok, r) for r in records] if sample_from == "dataset" else None
         lengths = [len(f) for f in fixed] if fixed is not None else [max_new_tokens] * len(records)
         self._context_window_check(records, prompt_ids, lengths, sampled=fixed is None)
+        source = str(prompts) if isinstance(prompts, (str, os.PathLike)) else None
+        large = large_prompt_set(source, prompt_ids, lengths, batch_size, sampled=fixed is None)
+        if large is not None:  # before any forward pass: a run that will take hours says so first
+            self._warn(large)
         series = kl_series(
             self.base, prompt_ids, fixed, direction, sample_from, max_new_tokens, temperature, self.seed, vocab
         )
@@ -231,6 +235,48 @@ class KLChecks(PairChecks):
                         f"the context window of {handle.role} {handle.label!r} ({window} tokens): shorten the "
                         "prompt" + (" or lower max_new_tokens" if sampled else " or its response")
                     )
+
+
+def large_prompt_set(
+    source: str | None, prompt_ids: Sequence[Sequence[int]], responses: Sequence[int], batch_size: int, sampled: bool
+) -> str | None:
+    """A warning for a KL check over more than :data:`~.base.LARGE_INPUT` prompts, with the work it costs.
+
+    >>> message = large_prompt_set("p.jsonl", [[1, 2, 3]] * 6000, [4] * 6000, batch_size=8, sampled=False)
+    >>> message.split(", in ")[0]
+    'KL check over 6,000 prompts (p.jsonl): about 42,000 tokens through each of base and candidate'
+    >>> large_prompt_set("p.jsonl", [[1, 2, 3]] * 5000, [4] * 5000, batch_size=8, sampled=False) is None
+    True
+    """
+    n = len(prompt_ids)
+    if n <= LARGE_INPUT:
+        return None
+    tokens = sum(len(p) for p in prompt_ids) + sum(responses)
+    passes = -(-n // batch_size)
+    where = f" ({source})" if source else ""
+    sampling = f", after sampling up to {max(responses)} tokens for each prompt" if sampled else ""
+    return (
+        f"KL check over {n:,} prompts{where}: about {tokens:,} tokens through each of base and candidate, in "
+        f"{passes:,} forward passes of each (batch_size {batch_size}){sampling}. Cut it with limit (suite: "
+        "`limit: 1000`) or use fewer prompts"
+    )
+
+
+def _check_range(name: str, value: Any, integer: bool = False) -> None:
+    """A sampling option within the suite schema's range for it (one source: :data:`~..schema.KL_KEYS`).
+
+    >>> _check_range("temperature", 1e-320)
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be a finite number in [0.01, 100], got 1e-320
+    """
+    key = KL_KEYS[name]
+    typed = not isinstance(value, bool) and (isinstance(value, int) or (not integer and isinstance(value, float)))
+    low = -math.inf if key.minimum is None else key.minimum
+    high = math.inf if key.maximum is None else key.maximum
+    if not typed or not low <= value <= high:
+        what = f"a positive integer, at most {high:g}" if integer else f"a finite number in {range_text(key)}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def kl_series(

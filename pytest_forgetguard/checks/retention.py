@@ -27,10 +27,11 @@ from .. import context
 from ..errors import CapabilityForgotten, ForgetguardError
 from ..evidence.verdicts import DEFAULT_ALPHA, allowance_for
 from ..retention import GATES, ON_INCONCLUSIVE, RetentionResult
-from .base import PairChecks, check_number
+from .base import LARGE_INPUT, PairChecks, check_number
 
 if TYPE_CHECKING:
     from ..forecast import Forecast
+    from ..lmeval import TaskRun
     from ..records import CheckRecord
 
 
@@ -361,12 +362,26 @@ class RetentionChecks(PairChecks):
             before_candidate(
                 compare(base_runs, base_runs, metric=metric, filter_=filter, seed=self.seed, aggregation_fn=lm_eval_aggregation)
             )  # fmt: skip
+        large = large_task(names, base_runs)
+        if large is not None:  # before the candidate's run, which costs as much as the base's did
+            self._warn(large)
         cand_runs = evaluate(self.candidate, names, **options)
         result = compare(
             base_runs, cand_runs, metric=metric, filter_=filter, seed=self.seed, aggregation_fn=lm_eval_aggregation
         )
         result.base_cached = base_cached
         return result
+
+
+def large_task(names: Sequence[str], runs: "dict[str, TaskRun]") -> str | None:
+    """A warning for a retention check over more than :data:`~.base.LARGE_INPUT` items, with how to cut it."""
+    items = sum(len({s["doc_id"] for s in run.samples}) for run in runs.values())
+    if items <= LARGE_INPUT:
+        return None
+    return (
+        f"retention check on {', '.join(names)}: {items:,} items (after limit), each one or more lm-eval requests "
+        "for base and candidate alike. Cut it with limit (suite: `limit: 1000`, or a fraction such as `limit: 0.1`)"
+    )
 
 
 def _validate(

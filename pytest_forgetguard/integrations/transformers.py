@@ -17,7 +17,15 @@ loaded once. Each value is logged as ``forgetguard/<check>`` (with
 ``.../budget_used``, ``.../ci_low``, ``.../ci_high``) through the trainer's
 callback handler, so it lands in ``trainer.state.log_history`` and every
 ``report_to`` integration; a JSONL trajectory (one line per evaluation) is
-written to ``output_dir/forgetguard_trajectory.jsonl``.
+written to ``output_dir/forgetguard_trajectory.jsonl``. A run resumed from a
+checkpoint keeps the trajectory's evaluations up to the checkpoint's step and
+drops the later ones, which it redoes: each step is in the file once, with the
+values of the run that produced the final model.
+
+Under multi-process training (DDP, ``accelerate launch``) every rank
+measures, and every rank adopts rank 0's numbers and stop decision; only the
+process that writes the trainer's checkpoints writes the trajectory, and only
+rank 0 warns.
 
 A check over its budget — or a measurement that errs, such as a NaN — warns; with
 ``stop_on_budget=True`` it stops training, naming the check, the value, the budget
@@ -35,6 +43,9 @@ Outside a ``Trainer`` (a hand-written loop)::
     for step in ...:
         ...
         metrics = watch.measure(step)     # {"forgetguard/arith-kl": 0.012, ...}
+
+Under ``torch.distributed`` every rank calls ``setup`` and ``measure`` at the same steps
+(the ranks exchange rank 0's result there).
 """
 
 from __future__ import annotations
@@ -42,11 +53,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
@@ -56,7 +68,9 @@ from ..base_states import BaseStates
 from ..cache import ResultCache
 from ..checks import SUITE_RUNNERS
 from ..comparison import Forgetguard
+from ..distributed import DataParallel, Launch
 from ..errors import ForgetguardError, ForgetguardWarning
+from ..files import write_atomic
 from ..models.live import LiveModel
 from ..records import CheckRecord
 from ..settings import DEFAULT_SEED
@@ -67,6 +81,8 @@ __all__ = ["ForgetguardCallback"]
 # The kinds measured at every evaluation; retention (lm-eval, minutes) only with retention_every.
 LIVE_KINDS = ("kl", "drift")
 TRAJECTORY_FILE = "forgetguard_trajectory.jsonl"
+
+T = TypeVar("T")
 
 
 class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
@@ -126,15 +142,22 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         self._over: set[str] = set()  # checks over budget at the last evaluation (warn on the change)
         self._records: list[CheckRecord] = []
         self._last_step: int | None = None
+        # Set by the trainer (state.is_world_process_zero, args.should_save); outside one, from torch.distributed.
+        self._main: bool | None = None
+        self._writer: bool | None = None
+        self._ranks: DataParallel | None = None
 
     # -- set up and measure (also for hand-written training loops) --------------------------
 
     def setup(
-        self, model: Any, tokenizer: Any = None, output_dir: str | Path | None = None, resume: bool = False
+        self, model: Any, tokenizer: Any = None, output_dir: str | Path | None = None, resume_step: int | None = None
     ) -> None:
         """Prepare to measure ``model``: its base, the comparison, the trajectory file.
 
-        The base is fingerprinted here, before training moves a weight.
+        The base is fingerprinted here, before training moves a weight. ``resume_step``: the step a
+        resumed run continues from. The evaluations up to it are read back from the trajectory (into
+        :attr:`history` and :attr:`last_within_budget`) and the later ones dropped from the file: the
+        resumed run redoes them. Without it the trajectory starts empty.
         """
         tokenizer = _text_tokenizer(tokenizer if tokenizer is not None else self._tokenizer)
         if tokenizer is None:
@@ -173,7 +196,7 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
             default_name="training",
             cache=cache,  # in memory: the base's samples are drawn once, at the first evaluation
             base_states=BaseStates(cache),  # and its pass over them runs once: only the trained model runs after
-            warn=lambda message: warnings.warn(message, ForgetguardWarning, stacklevel=2),
+            warn=self._warn,
         )
         if self._trajectory_option is False:
             self.trajectory = None
@@ -181,10 +204,19 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
             self.trajectory = Path(str(self._trajectory_option))
         else:
             self.trajectory = Path(output_dir or ".") / TRAJECTORY_FILE
-        if self.trajectory is not None:
-            self.trajectory.parent.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                self.trajectory.write_text("", encoding="utf-8")
+        self.history, self.last_within_budget, self._over, self._last_step = [], None, set(), None
+        self.last_checkpoint_within_budget = self.stopped = None
+        if resume_step is not None and self.trajectory is not None:
+            # Rank 0's file is the record (other nodes may not see it); every rank resumes from it.
+            path = self.trajectory
+            kept = self._from_main("resumed trajectory", lambda: self._read_trajectory(path, resume_step))
+            self.history = kept
+            if kept:
+                self._last_step = kept[-1]["step"]
+                self.last_within_budget = next((e["step"] for e in reversed(kept) if e["within_budget"]), None)
+                self._over = {name for name, c in kept[-1]["checks"].items() if not c.get("passed")}
+        if self.trajectory is not None and self._writes():
+            write_atomic(self.trajectory, "".join(json.dumps(e, allow_nan=False) + "\n" for e in self.history))
 
     def measure(self, step: int, epoch: float | None = None, retention: bool | None = None) -> dict[str, float]:
         """Run the watched checks on the model as it is now; returns the metrics to log.
@@ -218,38 +250,102 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
             finally:
                 model.train(was_training)
         seconds = time.perf_counter() - start
-        metrics = self._metrics(records)
+
+        def outcome() -> tuple[dict[str, Any], dict[str, float], dict[str, str]]:
+            entry = {"step": step, "epoch": epoch, "seconds": round(seconds, 4),
+                     "within_budget": all(rec.passed for rec in records.values()),
+                     "checks": {name: _summary(rec) for name, rec in records.items()}}  # fmt: skip
+            over = {name: self._over_message(step, rec) for name, rec in records.items() if not rec.passed}
+            return entry, self._metrics(records), over
+
+        # Every rank measured: a sharded model's forward pass (FSDP, ZeRO-3) is a collective all ranks
+        # must join. Every rank then adopts rank 0's result, so that the ranks log the same numbers and
+        # stop at the same step: their own values may differ in the last bit (kernels, devices), and one
+        # rank stopping while the others train on waits forever in the next gradient all-reduce.
+        entry, metrics, over = self._from_main(f"evaluation at step {step}", outcome)
         self._last_step = step
-        within = all(rec.passed for rec in records.values())
-        if within:
+        if entry["within_budget"]:
             self.last_within_budget = step
-        entry = {"step": step, "epoch": epoch, "seconds": round(seconds, 4), "within_budget": within,
-                 "checks": {name: _summary(rec) for name, rec in records.items()}}  # fmt: skip
         self.history.append(entry)
-        if self.trajectory is not None:
+        if self.trajectory is not None and self._writes():
             with self.trajectory.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(entry, allow_nan=False) + "\n")
-        over = [name for name, rec in records.items() if not rec.passed]
         if over and self.stop_on_budget and self.stopped is None:
-            self.stopped = "; ".join(self._over_message(step, records[name]) for name in over)
-            warnings.warn(f"stopping training: {self.stopped}", ForgetguardWarning, stacklevel=2)
+            self.stopped = "; ".join(over.values())
+            self._warn(f"stopping training: {self.stopped}")
         elif not self.stop_on_budget:
             for name in sorted(set(over) - self._over):  # warn when a check goes over, not at every evaluation
-                warnings.warn(self._over_message(step, records[name]), ForgetguardWarning, stacklevel=2)
+                self._warn(over[name])
         self._over = set(over)
         return metrics
+
+    # -- the processes of a multi-process run ------------------------------------------------------
+
+    def _is_main(self) -> bool:
+        """Whether this process is rank 0: the trainer's word, else torch.distributed's, else the launcher's."""
+        if self._main is not None:
+            return self._main
+        launch = Launch.from_process_group(os.environ)
+        if launch is not None:
+            return launch.rank == 0
+        return os.environ.get("RANK", "0").strip() in ("", "0")  # torchrun's ranks without a process group
+
+    def _writes(self) -> bool:
+        """Whether this process writes the trajectory: the one that writes the trainer's checkpoints."""
+        return self._writer if self._writer is not None else self._is_main()
+
+    def _warn(self, message: str) -> None:
+        if self._is_main():  # one warning, not one per rank
+            warnings.warn(message, ForgetguardWarning, stacklevel=3)
+
+    def _from_main(self, what: str, compute: Callable[[], T]) -> T:
+        """``compute()`` on rank 0, its value on every rank of a process group (alone: ``compute()``).
+
+        Every rank must call it at the same point; an error on rank 0 is raised on every rank.
+        """
+        if self._ranks is None:
+            launch = Launch.from_process_group(os.environ)
+            if launch is None:
+                return compute()
+            self._ranks = DataParallel(launch)
+        ranks = self._ranks
+        values = ranks.exchange(f"ForgetguardCallback {what}", lambda: compute() if ranks.rank == 0 else None, "cpu")
+        return cast(T, values[0])  # rank 0's value (the others sent None)
+
+    def _read_trajectory(self, path: Path, upto: int) -> list[dict[str, Any]]:
+        """The evaluations in trajectory ``path`` at steps up to ``upto``, each step once (its last line wins)."""
+        if not path.is_file():
+            return []
+        by_step: dict[int, dict[str, Any]] = {}
+        unreadable = []
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if not _is_evaluation(entry):
+                unreadable.append(number)  # e.g. the half-written last line of a killed run
+                continue
+            if entry["step"] <= upto:
+                by_step[entry["step"]] = entry
+        if unreadable:
+            self._warn(f"{path}: dropped unreadable line(s) {', '.join(map(str, unreadable[:10]))}")
+        return [by_step[step] for step in sorted(by_step)]
 
     def _run(self, check: CheckSpec) -> CheckRecord:
         assert self._fg is not None
         before = len(self._records)
+        error: Exception | None = None
         try:
             SUITE_RUNNERS[check.kind](self._fg, check.name, check.options)
-        except Exception:
+        except Exception as exc:
             # Recorded: a failed check, or one that erred (a NaN, a bad prompt file, out of memory).
             # It is never within budget; training is not ended by the callback's own error.
-            pass
+            error = exc
         if len(self._records) == before:  # pragma: no cover - every gate records itself
-            raise ForgetguardError(f"check {check.name!r} ran without a record")
+            raise ForgetguardError(f"check {check.name!r} ran without a record") from error
         return self._records[-1]
 
     def _metrics(self, records: dict[str, CheckRecord]) -> dict[str, float]:
@@ -299,8 +395,17 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
     ) -> None:
         self._handler = _calling_handler()
+        self._main, self._writer = state.is_world_process_zero, args.should_save
         tokenizer = self._tokenizer if self._tokenizer is not None else kwargs.get("processing_class")
-        self.setup(model, tokenizer, output_dir=args.output_dir, resume=state.global_step > 0)
+        # Resumed from a checkpoint: the trainer restored its state, global_step is the checkpoint's.
+        resume_step = state.global_step if state.global_step > 0 else None
+        self.setup(model, tokenizer, output_dir=args.output_dir, resume_step=resume_step)
+        if resume_step is not None:
+            # The last checkpoint at a step measured within budget, as on_save would have named it.
+            saved = [
+                e["step"] for e in self.history if e["within_budget"] and self._checkpoint(args, e["step"]).is_dir()
+            ]
+            self.last_checkpoint_within_budget = str(self._checkpoint(args, saved[-1])) if saved else None
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if state.global_step % self.every_n_steps == 0:
@@ -311,7 +416,11 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         # The trainer saves after on_step_end: a checkpoint at a step just measured within budget is one to ship.
         if self._last_step == state.global_step and self.last_within_budget == state.global_step:
-            self.last_checkpoint_within_budget = str(Path(args.output_dir or ".") / f"checkpoint-{state.global_step}")
+            self.last_checkpoint_within_budget = str(self._checkpoint(args, state.global_step))
+
+    @staticmethod
+    def _checkpoint(args: TrainingArguments, step: int) -> Path:
+        return Path(args.output_dir or ".") / f"checkpoint-{step}"
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -332,7 +441,11 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict[str, float]
     ) -> None:
         """Log as the trainer does: into ``state.log_history`` and to every callback's ``on_log``
-        (the ``report_to`` integrations: TensorBoard, W&B, MLflow, ...)."""
+        (the ``report_to`` integrations: TensorBoard, W&B, MLflow, ...).
+
+        On every rank, as the trainer logs: the integrations write on rank 0 only (they check
+        ``state.is_world_process_zero``), and every rank's ``log_history`` stays the same.
+        """
         logs = dict(metrics)
         if state.epoch is not None:
             logs["epoch"] = state.epoch
@@ -368,6 +481,17 @@ def _select(suite: Suite, names: Sequence[str] | None, retention: bool) -> list[
     if not chosen:
         raise ForgetguardError(f"{suite.path}: no kl or drift check to watch during training")
     return chosen
+
+
+def _is_evaluation(entry: Any) -> bool:
+    """Whether a trajectory line's object is an evaluation this callback wrote (a step, a verdict, checks)."""
+    return (
+        type(entry) is dict
+        and type(entry.get("step")) is int
+        and type(entry.get("within_budget")) is bool
+        and type(entry.get("checks")) is dict
+        and all(type(c) is dict for c in entry["checks"].values())
+    )
 
 
 def _text_tokenizer(processing_class: Any) -> Any:

@@ -6,6 +6,7 @@ One module a concern:
 - :mod:`.loaders` — one loader per kind of SPEC, each checking what it loads;
 - :mod:`.gguf` — GGUF files converted once into a validated cache;
 - :mod:`.fingerprint` — content hashes for cache keys;
+- :mod:`.weights` — what safetensors files hold (shapes, dtypes, whole or not), from their headers;
 - :mod:`.handle` — :class:`ModelHandle` (lazy, good or unusable) and :class:`ModelStore`;
 - :mod:`.compat` — whether two models can be compared token by token;
 - :mod:`.protocol` — :class:`ModelLike`, what the measuring code needs from a model.

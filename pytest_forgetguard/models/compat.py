@@ -4,16 +4,22 @@ Example::
 
     vocab = check_compatible(base, candidate)            # ids to compare, or an error saying why not
     tokenizer_difference(base, candidate)                # None, or where the tokenizers disagree
+    precision_difference(base, candidate)                # None, or why their dtypes alone move the numbers
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import IncompatibleModelsError, TokenizerMismatchError
+from .weights import saved_dtype
 
 if TYPE_CHECKING:
     from .protocol import ModelLike
+
+# Floating-point dtypes from the fewest mantissa bits to the most: a cast down this list rounds.
+PRECISION = ("bfloat16", "float16", "float32", "float64")
 
 
 def embedding_rows(handle: "ModelLike") -> int:
@@ -90,3 +96,26 @@ def context_window(handle: "ModelLike") -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def precision_difference(base: "ModelLike", candidate: "ModelLike") -> str | None:
+    """Why the two models differ by numeric precision alone (None when they do not): saved in different
+    dtypes (the safetensors headers say) and loaded in a wider one than the narrower of the two, so the
+    base keeps digits the candidate lost when it was saved. Loaded in the narrower dtype, both round alike.
+
+    Only full models in local directories are compared (an adapter runs on its base's weights; a model in
+    memory, such as the training callback's, has no files).
+    """
+    specs = [getattr(h, "spec", None) for h in (base, candidate)]
+    if any(spec is None or spec.kind != "dir" for spec in specs):
+        return None
+    saved_b, saved_c = (saved_dtype(Path(spec.location)) for spec in specs)  # type: ignore[union-attr]
+    if saved_b is None or saved_c is None or saved_b == saved_c:
+        return None
+    narrow = min(saved_b, saved_c, key=PRECISION.index)
+    if base.dtype == narrow:
+        return None
+    return (
+        f"base {base.label!r} is {saved_b}, candidate {candidate.label!r} is {saved_c} (as saved; both loaded as "
+        f"{base.dtype}): numeric precision alone moves weights and logits; compare in one dtype (--fg-dtype {narrow})"
+    )

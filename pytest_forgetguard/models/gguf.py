@@ -129,15 +129,23 @@ def _convert(path: Path, target: Path, digest: str) -> None:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         marker = {"source": str(path), "sha256": digest, "version": GGUF_CACHE_VERSION, "files": gguf_manifest(tmp),
                   "libraries": converter_versions()}  # fmt: skip
         (tmp / "COMPLETE").write_text(json.dumps(marker, indent=1), encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":  # a full disk, a read-only cache
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ModelLoadError(
+                f"cannot write the converted copy of {path.name} to {target.parent}: {why}; free space there or "
+                "choose another cache folder (--fg-cache-dir)"
+            ) from None
         raise
     publish_directory(tmp, target)  # False: a concurrent run published the same conversion first, fine

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import current_check
 from ..context import warn as context_warn
-from ..errors import ForgetguardError, ModelLoadError
+from ..errors import ForgetguardError, ModelLoadError, own_error
 from ..files import read_text
 from .fingerprint import fingerprint_directory, fingerprint_loaded
 from .gguf import materialize_gguf
@@ -33,6 +33,10 @@ from .spec import ModelSpec, parse_spec
 
 if TYPE_CHECKING:
     import torch
+
+
+# pytest shows none of this module's frames under a forgetguard error: its message is the report.
+__tracebackhide__ = own_error
 
 
 def unusable_error(exc: ForgetguardError, label: str, found_by: str | None) -> ForgetguardError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,13 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import warn as context_warn
 from ..deps import require
-from ..errors import ModelLoadError, NonFiniteError
+from ..errors import ModelLoadError, NonFiniteError, own_error
 from .spec import ModelSpec
+from .weights import UnreadableWeights, read_header, shapes, weight_files
 
 if TYPE_CHECKING:
     import torch
 
     from .handle import ModelHandle
+
+# pytest shows none of this module's frames under a forgetguard error: its message is the report.
+__tracebackhide__ = own_error
 
 # Loader hook: (spec, device, dtype) -> (model, tokenizer) or None.
 CustomLoader = Callable[[str, str, str], "tuple[Any, Any] | None"]
@@ -98,6 +103,7 @@ def load_directory(directory: Path, label: str, options: LoadOptions) -> LoadedM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _require_safetensors(directory, "model")
+    _require_whole(directory, label, "model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=options.trust_remote_code)
     except Exception as exc:
@@ -117,6 +123,10 @@ def load_directory(directory: Path, label: str, options: LoadOptions) -> LoadedM
             **placement,
         )
     except Exception as exc:
+        if "ignore_mismatched_sizes" in str(exc):
+            # transformers logged its table of mismatched tensors (silenced here) and says "look at the above
+            # report": say what did not fit, and the fix, in the error itself.
+            raise ModelLoadError(_config_mismatch(directory, label, options)) from None
         raise ModelLoadError(f"could not load model {label!r}: {_explain_load_error(exc, directory)}") from exc
     # A dispatched model is already where accelerate put it; moving it would undo the map.
     if not placement:
@@ -131,6 +141,7 @@ def load_adapter(adapter_dir: Path, label: str, base: "ModelHandle", options: Lo
     from transformers import AutoTokenizer
 
     _require_safetensors(adapter_dir, "PEFT adapter")
+    _require_whole(adapter_dir, label, "PEFT adapter")
     base.load()
     name = "fg_" + hashlib.sha256(str(adapter_dir).encode()).hexdigest()[:8]
     try:
@@ -139,6 +150,9 @@ def load_adapter(adapter_dir: Path, label: str, base: "ModelHandle", options: Lo
             warnings.filterwarnings("ignore", message="Found missing adapter keys")
             peft_model = base.attach_adapter(adapter_dir, name)
     except Exception as exc:
+        mismatch = _SIZE_MISMATCH.search(str(exc))
+        if mismatch is not None:
+            raise ModelLoadError(_adapter_mismatch(label, base, mismatch)) from None
         raise ModelLoadError(f"could not load PEFT adapter {label!r}: {_explain_load_error(exc, adapter_dir)}") from exc
     own = [(pname, param) for pname, param in peft_model.named_parameters() if f".{name}." in pname]
     _check_applied(label, adapter_dir, own, name)
@@ -240,6 +254,85 @@ def _require_safetensors(directory: Path, what: str) -> None:
         else ""
     )
     raise ModelLoadError(f"{what} directory {directory} has no .safetensors weights.{hint}")
+
+
+def _require_whole(directory: Path, label: str, what: str) -> None:
+    """Every safetensors file must be whole: a truncated or garbled one fails deep inside transformers with a
+    traceback hundreds of lines long; here it is one line naming the file."""
+    for path in weight_files(directory):
+        try:
+            read_header(path)
+        except (OSError, UnreadableWeights) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ModelLoadError(
+                f"could not load {what} {label!r}: weights file {path} cannot be read: {why}. Download it again, "
+                "or save the model again with save_pretrained(safe_serialization=True)"
+            ) from None
+
+
+def _config_mismatch(directory: Path, label: str, options: LoadOptions) -> str:
+    """What transformers' "ignore_mismatched_sizes" error means: tensors whose saved shape is not the shape
+    config.json describes, found by comparing the files' headers with the model config.json builds (on the
+    meta device: no memory, no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    start = f"could not load model {label!r}: its weights do not fit its config.json"
+    try:
+        config = AutoConfig.from_pretrained(str(directory), trust_remote_code=options.trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                config, trust_remote_code=options.trust_remote_code
+            )
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        saved = shapes(directory)
+    except Exception:  # the message below still says what is wrong, without the tensor names
+        return (
+            f"{start}: some tensors have other shapes than config.json describes. Restore the config.json "
+            "these weights were saved with, or save the model again with save_pretrained"
+        )
+    wrong = [(n, s, f, expected[n]) for n, (s, f) in saved.items() if n in expected and expected[n] != s]
+    if not wrong:
+        return f"{start}. Restore the config.json these weights were saved with, or save the model again"
+    name, got, file, want = wrong[0]
+    more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and got and want and want[0] == vocab and got[0] != vocab:
+        rows = [n for n, g, _, w in wrong if g and w and w[0] == vocab and g[0] == got[0]]
+        return (
+            f"{start}: {file} holds {' and '.join(rows[:2])} with {got[0]} token rows, config.json says vocab_size "
+            f"{vocab}. The vocabulary was resized (resize_token_embeddings) without saving config.json: set "
+            f'"vocab_size": {got[0]} in {directory / "config.json"}, or save the model again with save_pretrained'
+        )
+    return (
+        f"{start}: {file} holds {name} as {list(got)}, config.json makes it {list(want)}{more}. Restore the "
+        "config.json these weights were saved with, or save the model again with save_pretrained"
+    )
+
+
+# torch's load_state_dict message for one tensor of the wrong shape.
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[([\d, ]*)\]\)"
+)
+
+
+def _adapter_mismatch(label: str, base: "ModelHandle", found: "re.Match[str]") -> str:
+    """An adapter whose saved tensors do not fit the base it is applied to: most often it carries the embedding
+    or LM head of a resized vocabulary (modules_to_save) and the base has the original one."""
+    name = re.sub(r"\.fg_[0-9a-f]{8}\b", "", found.group(1))  # our adapter name, not the saved key
+    got, want = ([int(d) for d in g.split(",") if d.strip()] for g in (found.group(2), found.group(3)))
+    vocab = getattr(getattr(base.raw_model, "config", None), "vocab_size", None)
+    if got and want and want[0] == vocab and got[0] != vocab:
+        return (
+            f"could not load PEFT adapter {label!r}: it was saved for a vocabulary of {got[0]} tokens ({name}), "
+            f"its base {base.label!r} has {vocab}. It was trained on a base with a resized vocabulary: pass that "
+            "model (with its resized embeddings) as the base"
+        )
+    return (
+        f"could not load PEFT adapter {label!r}: its tensor {name} is {got}, the base {base.label!r} makes it "
+        f"{want}. It was trained on another model: pass that model as the base"
+    )
 
 
 def _explain_load_error(exc: BaseException, directory: Path | None = None) -> str:

@@ -42,7 +42,7 @@ def test_a_finished_run_is_complete_and_recorded(pytester, tiny):
     result, report, history = run(pytester, tiny)
     result.assert_outcomes(passed=2, failed=1)
     assert report["complete"] is True and report["incomplete_reason"] is None
-    assert report["history"] == {"path": str(history), "written": True, "reason": None}
+    assert report["history"] == {"path": str(history), "written": True, "reason": None, "moved_aside": None}
     assert History(history).runs()[-1].complete is True
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -182,6 +183,47 @@ def test_concurrent_runs_share_one_cache(project, tiny):
     assert again.returncode == 0, again.stdout
 
 
+# Two checks of each kind that need the same base results: sampled responses, base passes, lm-eval runs.
+SHARED_BASE_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("name", ["kl-a", "kl-b"])
+def test_kl(forgetguard, name):
+    forgetguard.assert_kl_budget("prompts.jsonl", budget=1e9, name=name, max_new_tokens=4)
+
+@pytest.mark.parametrize("name", ["mc-a", "mc-b"])
+def test_retained(forgetguard, name):
+    forgetguard.assert_retained("tiny_mc", include_path="tasks", max_drop=1.0, name=name)
+"""
+
+
+@pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
+def test_xdist_workers_write_the_cache_and_history_one_process_writes(pytester, tiny):
+    from pytest_forgetguard.history import History
+
+    pytester.makefile(".ini", pytest="[pytest]\n")
+    write_tasks(pytester.path / "tasks")
+    pytester.path.joinpath("prompts.jsonl").write_text(PROMPTS)
+    pytester.makepyfile(test_shared=SHARED_BASE_TESTS)
+
+    def run_into(name, *args):
+        result = pytester.runpytest(
+            *forgetguard_args(tiny["base"], tiny["candidate"], cache=pytester.path / name),
+            f"--fg-history={name}.sqlite", "-p", "no:cacheprovider", *args,
+        )  # fmt: skip
+        result.assert_outcomes(passed=4)
+        root = pytester.path / name
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+    serial = run_into("serial")
+    workers = run_into("xdist", "-n", "2")
+    # Workers that both computed an entry wrote the one file a single process writes: no copy, no leftover.
+    assert workers == serial and {p.parts[1] for p in serial} == {"samples", "base-states", "retention-base"}
+    # The history: one run with every check, written by the controller (the workers write none).
+    history = History(pytester.path / "xdist.sqlite")
+    assert len(history.runs()) == 1 and sorted(r.name for r in history.rows()) == ["kl-a", "kl-b", "mc-a", "mc-b"]
+
+
 @pytest.mark.slow  # runs lm-eval, or pytest in subprocesses
 def test_warnings_reach_every_surface(project, tiny):
     """A candidate identical to its base: terminal (pytest's warnings and forgetguard's summary), JSON, Markdown."""
@@ -298,3 +340,73 @@ def test_the_function_tag_of_a_task_yaml_is_the_task_authors_code(project, tiny)
     )
     run(project, tiny["base"], tiny["candidate"]).assert_outcomes(passed=1)
     assert (tasks / "RAN").exists()
+
+
+# -- messages name the file, the value and the fix ------------------------------------------------------
+
+
+def test_an_unwritable_report_folder_is_one_usage_error_before_anything_loads(project, tiny):
+    """Once an internal error at the end (or the start) of the run; as root, only a file in the way stops a
+    write, so the parent here is a file."""
+    project.path.joinpath("reports").write_text("a file where the report folder should be\n")
+    result = run(project, tiny["base"], tiny["candidate"], "--fg-report-json", "reports/run/r.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: forgetguard: --fg-report-json: cannot write the report reports/run/r.json: */reports is a file, "
+         "not a folder (Not a directory); give a path in a folder you can write"]
+    )  # fmt: skip
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+TEST_MODULE = """
+def test_weights_moved(forgetguard):
+    forgetguard.assert_drift(max_relative_l2=1e30)
+"""
+
+
+def test_unreadable_weights_are_one_error_line_in_the_output(project, tiny, tmp_path):
+    """A download cut short: the error names the file and the fix, in a suite (one line) and in a test module
+    (the test's own frame), without the hundreds of lines of safetensors' and transformers' traceback."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["base"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    project.path.joinpath("forgetguard.yaml").write_text(
+        "checks:\n  - name: weights\n    drift: {max_relative_l2: 1.0e30}\n"
+    )
+    project.path.joinpath("test_module.py").write_text(TEST_MODULE)
+    message = f"could not load model '{broken}': weights file {weights} cannot be read: it is truncated: *"
+    for target, line in (("forgetguard.yaml", f"ModelLoadError: {message}"), ("test_module.py", f"E * {message}")):
+        result = run(project, tiny["base"], broken, target)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*= FAILURES =*", line])
+        out = result.stdout.str()
+        assert "The above exception was the direct cause" not in out and "safetensors_rust" not in out
+        assert "transformers/" not in out and "models/loaders.py" not in out  # no frame of the loading machinery
+
+
+def test_the_rootdir_trap_is_caught_through_a_symbolic_link(pytester):
+    """pytest places its rootdir by a path as written: ``shared/model`` given as two arguments, ``shared`` a link
+    to another project, makes that project's pytest.ini the run's configuration (and its conftest.py run)."""
+    other = pytester.path / "other"
+    (other / "model").mkdir(parents=True)
+    (other / "model" / "config.json").write_text("{}")
+    (other / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    (other / "conftest.py").write_text("")
+    project = pytester.path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "test_x.py").write_text("def test_x():\n    pass\n")
+    (project / "shared").symlink_to(other, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        trapped = pytester.runpytest("--forgetguard", "--fg-base", "shared/model", "--fg-candidate=shared/model")
+        assert trapped.ret == pytest.ExitCode.USAGE_ERROR
+        trapped.stderr.fnmatch_lines(
+            ["ERROR: forgetguard: pytest took */project/shared (a symbolic link to */other) as its rootdir and "
+             "*/project/shared/pytest.ini as its configuration because --fg-base shared/model is written as two "
+             "arguments*Write --fg-base=shared/model (one argument)*"]
+        )  # fmt: skip
+        fine = pytester.runpytest("--forgetguard", "--fg-base=shared/model", "--fg-candidate=shared/model")
+        fine.stdout.fnmatch_lines(["rootdir: */project"])
+        fine.assert_outcomes(passed=1)

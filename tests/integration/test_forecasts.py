@@ -15,7 +15,7 @@ from builders import build_tiny_model
 from helpers import forgetguard_args, prompts_jsonl
 from lmeval_tasks import write_tasks
 
-from pytest_forgetguard.history import History
+from pytest_forgetguard.history import History, HistoryError
 
 pytestmark = pytest.mark.slow  # each test runs lm-eval through pytest
 
@@ -211,3 +211,40 @@ def test_under_xdist_the_same_decision_and_the_whole_run_recorded(pytester, cali
     new_runs = [r for r in History(history).runs() if r.run_id not in before]
     assert len(new_runs) == 1
     assert sorted(r.name for r in History(history).rows() if r.run_id == new_runs[0].run_id) == ["keeps-bpb", "task-kl"]
+
+
+def _damage_a_page(path):
+    """Overwrite one page so that the history opens (header, schema, first rows) but reading its rows fails."""
+    data = path.read_bytes()
+    h = History(path)
+    for page in range(len(data) // 4096 - 1, 1, -1):
+        damaged = data[: page * 4096] + b"\xff" * 4096 + data[(page + 1) * 4096 :]
+        path.write_bytes(damaged)
+        try:
+            h.verify()
+        except HistoryError:
+            continue
+        try:
+            h.rows()
+        except HistoryError:
+            return
+    raise AssertionError("no page damages the rows alone")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one damaged page"])
+def test_a_damaged_history_never_stops_a_forecast_check_it_is_measured(pytester, calibrated, tmp_path, damage):
+    copy = tmp_path / "damaged.sqlite"
+    shutil.copy(calibrated["history"], copy)
+    if damage == "truncated":  # found when the run starts
+        copy.write_bytes(copy.read_bytes()[: copy.stat().st_size // 2])
+    else:  # found by the forecast's read, in the middle of the run
+        _damage_a_page(copy)
+    before = copy.read_bytes()
+    result, row, history = run(pytester, calibrated, "new", history=copy)
+    result.assert_outcomes(passed=2)
+    assert row["error"] is None and row["details"]["decided_by"] == "measurement"
+    [aside] = [p for p in history.parent.iterdir() if p.name.startswith("history.sqlite.unreadable-")]
+    assert aside.read_bytes() == before
+    assert len(History(history).runs()) == 1  # a fresh history holds this run
+    report = json.loads((pytester.path / "r.json").read_text())
+    assert report["history"]["moved_aside"] == str(aside) and report["notices"]

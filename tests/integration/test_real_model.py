@@ -166,3 +166,19 @@ def test_a_poisoned_gguf_copy_is_converted_again_with_a_warning(real, tmp_path):
     )
     why = invalid_gguf_copy(target, digest)
     assert why is not None and "written with other libraries (transformers 4.0, gguf" in why
+
+
+def test_a_gguf_conversion_into_a_full_cache_is_one_error_and_leaves_nothing(smollm2_gguf, full_disk):
+    """A full disk while the converted copy is written: one load error naming the folder and the fix, and no
+    half-written copy that a later run could pick up."""
+    from helpers import fill
+
+    from pytest_forgetguard.errors import ModelLoadError
+    from pytest_forgetguard.models import materialize_gguf
+
+    (full_disk / "gguf").mkdir()
+    fill(full_disk, leave=0)
+    with pytest.raises(ModelLoadError, match=r"cannot write the converted copy of .*\.gguf to .*: No space left on "
+                                             r"device; free space there or choose another cache folder"):  # fmt: skip
+        materialize_gguf(smollm2_gguf, full_disk)
+    assert list((full_disk / "gguf").iterdir()) == []

@@ -273,3 +273,54 @@ def test_xdist_inside_torchrun_is_a_usage_error(pytester, monkeypatch):
     result = pytester.runpytest("--forgetguard", "-n", "2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*forgetguard: pytest-xdist (-n) cannot run inside a torchrun launch*"])
+
+
+# Each rank its own cache directory (as on nodes without a shared disk), so that who wrote what shows.
+PER_RANK_CACHE_CONFTEST = """
+import os
+
+os.environ["FORGETGUARD_CACHE_DIR"] = os.path.abspath(f"cache-{os.environ.get('RANK', 'single')}")
+"""
+
+
+def test_one_rank_writes_each_cache_entry_and_the_history(project, tiny):
+    from pytest_forgetguard.generation import SAMPLES_NAMESPACE
+    from pytest_forgetguard.history import History
+    from pytest_forgetguard.lmeval import CACHE_NAMESPACE
+
+    project.makeconftest(PER_RANK_CACHE_CONFTEST)
+    write_tasks(project.path / "tasks")
+    project.makepyfile(
+        test_cached="""
+        def test_kl(forgetguard):
+            forgetguard.assert_kl_budget("prompts.jsonl", budget=100.0, name="sampled", max_new_tokens=4)
+
+        def test_retained(forgetguard):
+            forgetguard.assert_retained("tiny_mc", include_path="tasks", max_drop=1.0, name="mc")
+        """
+    )
+    ranks = torchrun(project, *models(tiny, str(tiny["candidate"])), "--fg-history=history.sqlite")
+
+    assert (
+        outcomes(ranks[0]) == outcomes(ranks[1]) == {f"test_cached.py::test_{t}": "PASSED" for t in ("kl", "retained")}
+    )
+    written = {
+        rank: {
+            p.relative_to(project.path / f"cache-{rank}")
+            for p in (project.path / f"cache-{rank}").rglob("*")
+            if p.is_file()
+        }
+        for rank in (0, 1)
+    }
+    assert not any(p.name.startswith(".") for files in written.values() for p in files), "no temporary file left"
+    assert not written[0] & written[1], "no entry is written by both ranks"
+    # The base's lm-eval results are gathered to every rank: rank 0 alone writes them.
+    assert len([p for p in written[0] if p.parts[1] == CACHE_NAMESPACE]) == 1
+    assert not [p for p in written[1] if p.parts[1] == CACHE_NAMESPACE]
+    # A shard's samples and base states are computed by one rank only: that rank writes them.
+    for rank in (0, 1):
+        assert len([p for p in written[rank] if p.parts[1] == SAMPLES_NAMESPACE]) == 1
+        assert [p for p in written[rank] if p.parts[1] == "base-states"]
+    # The history: one run, from rank 0 (the process that writes the reports).
+    history = History(project.path / "history.sqlite")
+    assert len(history.runs()) == 1 and sorted(r.name for r in history.rows()) == ["mc", "sampled"]

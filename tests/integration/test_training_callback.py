@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -47,8 +49,9 @@ def suite(tmp_path):
 class _Texts:
     """A tiny causal-LM dataset: the prompts' reference continuations, tokenized, labels = inputs."""
 
-    def __init__(self, tokenizer, n: int = 32) -> None:
+    def __init__(self, tokenizer, n: int = 32, rotate: int = 0) -> None:
         texts = [p + r for p, r in DOC_PAIRS] * (n // len(DOC_PAIRS))
+        texts = texts[rotate:] + texts[:rotate]  # other batches from the same sampler: another run
         self.items = []
         for t in texts:
             ids = tokenizer(t)["input_ids"][:16]
@@ -86,7 +89,10 @@ def _model(tiny, peft: bool = True):
     return model, tok
 
 
-def _train(tiny, tmp_path, callbacks, steps: int = 6, peft: bool = True, save_steps: int = 2, name: str = "run"):
+def _train(
+    tiny, tmp_path, callbacks, steps: int = 6, peft: bool = True, save_steps: int = 2, name: str = "run",
+    resume: Path | None = None, rotate: int = 0,
+):  # fmt: skip
     from transformers import Trainer, TrainingArguments, set_seed
 
     set_seed(7)  # the LoRA matrices' initialisation, then the trainer's own draws (data order, dropout)
@@ -108,12 +114,12 @@ def _train(tiny, tmp_path, callbacks, steps: int = 6, peft: bool = True, save_st
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=_Texts(tok),
+        train_dataset=_Texts(tok, rotate=rotate),
         data_collator=_collate,
         processing_class=tok,
         callbacks=callbacks,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return trainer
 
 
@@ -152,6 +158,138 @@ def test_values_are_logged_through_the_trainer_and_the_trajectory(tiny, tmp_path
     assert watch.last_checkpoint_within_budget == str(tmp_path / "run" / "checkpoint-6")
     # The trainer's own loss logs are all still there (logging_steps=1).
     assert [s for s, _ in _losses(trainer)] == [1, 2, 3, 4, 5, 6]
+
+
+def _trajectory(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_resumed_run_has_each_step_once_with_the_values_of_the_run_that_finished(tiny, tmp_path, suite):
+    first = ForgetguardCallback(suite(), every_n_steps=2)
+    _train(tiny, tmp_path, [first])  # evaluations and checkpoints at steps 2, 4, 6
+    path = tmp_path / "run" / "forgetguard_trajectory.jsonl"
+    before = _trajectory(path)
+    assert [e["step"] for e in before] == [2, 4, 6]
+
+    # Resumed from step 2 on other batches (as if the data had changed): steps 4 and 6 are redone, differently.
+    resumed = ForgetguardCallback(suite(), every_n_steps=2)
+    trainer = _train(tiny, tmp_path, [resumed], resume=tmp_path / "run" / "checkpoint-2", rotate=1)
+    after = _trajectory(path)
+    assert [e["step"] for e in after] == [2, 4, 6], "each step once"
+    assert after[0] == before[0], "the evaluation at the checkpoint's step is kept: the resumed run starts from it"
+    logged = {h["step"]: h["forgetguard/task-kl"] for h in trainer.state.log_history if "forgetguard/task-kl" in h}
+    assert {e["step"]: e["checks"]["task-kl"]["value"] for e in after} == logged, "the trainer's log agrees"
+    assert after[1]["checks"]["task-kl"]["value"] != before[1]["checks"]["task-kl"]["value"], "the resumed run's"
+    assert [e["step"] for e in resumed.history] == [2, 4, 6]
+    assert resumed.last_checkpoint_within_budget == str(tmp_path / "run" / "checkpoint-6")
+
+    # The state is read back too: a resumed run that stops names the last checkpoint within budget before it.
+    strict = ForgetguardCallback(suite(budget=1e-6), every_n_steps=2, stop_on_budget=True)
+    with pytest.warns(ForgetguardWarning, match=r"at step 6: .*the last step within budget was 4 \(checkpoint "):
+        _train(tiny, tmp_path, [strict], resume=tmp_path / "run" / "checkpoint-4", rotate=1)
+    assert [e["step"] for e in _trajectory(path)] == [2, 4, 6] and strict.last_within_budget == 4
+    assert strict.last_checkpoint_within_budget == str(tmp_path / "run" / "checkpoint-4")
+
+
+def test_a_hand_written_loop_resumes_without_the_half_line_of_a_killed_run(tiny, suite, tmp_path):
+    model, tok = _model(tiny)
+    watch = ForgetguardCallback(suite(), checks=["task-kl"])
+    watch.setup(model, tok, output_dir=tmp_path)
+    watch.measure(2)
+    watch.measure(4)
+    path = tmp_path / "forgetguard_trajectory.jsonl"
+    whole = path.read_text()
+    path.write_text(whole + whole.splitlines()[0][:30])  # killed while it wrote a third line
+    again = ForgetguardCallback(suite(), checks=["task-kl"])
+    with pytest.warns(ForgetguardWarning, match=r"dropped unreadable line\(s\) 3"):
+        again.setup(model, tok, output_dir=tmp_path, resume_step=2)
+    assert again.history == watch.history[:1] == _trajectory(path)
+    assert again.last_within_budget == 2
+
+
+# One rank of a real DDP run (torchrun, two CPU processes over gloo): a LoRA fine-tune with the callback
+# stopping on budget, then a hand-written loop's measure() in the same process group. Each rank reads
+# its own suite and writes into its own folder, so that what rank 1 writes, and what it would decide
+# alone, can be told apart from rank 0's.
+DDP_WORKER = """
+import json, os, sys, warnings
+from pathlib import Path
+
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+from pytest_forgetguard.errors import ForgetguardWarning
+from pytest_forgetguard.integrations.transformers import ForgetguardCallback
+
+base, root = sys.argv[1], Path(sys.argv[2])
+rank = int(os.environ["RANK"])
+set_seed(7)
+tok = AutoTokenizer.from_pretrained(base)
+config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+texts = ["The for statement executes the suite.", "A class definition defines a class."] * 16
+data = [{"input_ids": ids, "labels": list(ids)} for ids in (tok(t)["input_ids"][:16] for t in texts)]
+
+
+def collate(batch):
+    import torch
+
+    width = max(len(b["input_ids"]) for b in batch)
+    pad = lambda key, fill: torch.tensor([b[key] + [fill] * (width - len(b[key])) for b in batch])
+    return {"input_ids": pad("input_ids", 0), "labels": pad("labels", -100)}
+
+
+suite = root / f"suite-{rank}.yaml"
+watch = ForgetguardCallback(suite, every_n_steps=2, stop_on_budget=True)
+args = TrainingArguments(output_dir=str(root / f"out-{rank}"), max_steps=6, per_device_train_batch_size=2,
+                         learning_rate=0.05, save_strategy="steps", save_steps=2, report_to=[], use_cpu=True,
+                         disable_tqdm=True, seed=7)
+trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, processing_class=tok,
+                  callbacks=[watch])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    trainer.train()
+    loop = ForgetguardCallback(suite, stop_on_budget=True, trajectory=root / f"loop-{rank}.jsonl")
+    loop.setup(trainer.model, tok)
+    loop.measure(100)
+(root / f"result-{rank}.json").write_text(json.dumps({
+    "rank": rank, "world": args.world_size, "step": trainer.state.global_step, "stopped": watch.stopped,
+    "history": watch.history, "loop": [loop.stopped, loop.history],
+    "warned": [str(w.message) for w in caught if issubclass(w.category, ForgetguardWarning)],
+    "logged": [h["forgetguard/task-kl"] for h in trainer.state.log_history if "forgetguard/task-kl" in h],
+}))
+"""
+
+
+@pytest.mark.slow  # torchrun: two processes that import transformers
+def test_under_ddp_rank_0_writes_and_every_rank_stops_at_its_decision(tiny, tmp_path):
+    (tmp_path / "prompts.jsonl").write_text(prompts_jsonl())
+    # Rank 0's budget is spent at the first evaluation; rank 1's never is. Rank 1 on its own would train
+    # on and wait forever for rank 0 in the next gradient all-reduce (the budgets differ only to make
+    # that visible: in a real run it is a borderline value that two ranks round apart).
+    for rank, budget in ((0, 1e-6), (1, 1e6)):
+        (tmp_path / f"suite-{rank}.yaml").write_text(
+            f"checks:\n  - name: task-kl\n    kl: {{prompts: prompts.jsonl, max_new_tokens: 8, budget: {budget}}}\n"
+        )
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "worker.py"]
+    proc = subprocess.run([*cmd, str(tiny["base"]), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    zero, one = (json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1))
+    assert zero["world"] == one["world"] == 2
+    # Both ranks stop at rank 0's decision, with rank 0's numbers in their history and logs.
+    assert zero["step"] == one["step"] == 2
+    assert zero["stopped"] == one["stopped"] and "'task-kl' at step 2" in zero["stopped"]
+    assert zero["history"] == one["history"] and [e["step"] for e in zero["history"]] == [2]
+    assert zero["logged"] == one["logged"] == [zero["history"][0]["checks"]["task-kl"]["value"]]
+    # Only rank 0 writes the trajectory and warns (once per decision, not once per rank).
+    assert _trajectory(tmp_path / "out-0" / "forgetguard_trajectory.jsonl") == zero["history"]
+    assert not (tmp_path / "out-1" / "forgetguard_trajectory.jsonl").exists()
+    assert len(zero["warned"]) == 2 and one["warned"] == []  # the trainer's stop, then the loop's
+    # Outside the Trainer, torch.distributed's rank decides: the same on every rank, written by rank 0.
+    assert zero["loop"] == one["loop"] and zero["loop"][0] is not None
+    assert (tmp_path / "loop-0.jsonl").exists() and not (tmp_path / "loop-1.jsonl").exists()
 
 
 def test_the_callback_does_not_change_training(tiny, tmp_path, suite):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_kl import dataset_items, pairs_of
@@ -134,3 +138,34 @@ def test_the_session_shares_base_passes_across_candidates_through_the_plugin(pyt
         return [c["value"] for c in json.loads(text)["checks"]]
 
     assert kl_values((pytester.path / "r.json").read_text()) == pytest.approx(kl_values(cold), rel=1e-6)
+
+
+# Stores one batch's states again and again, as xdist workers (or ranks on nodes that share a disk) do.
+SAME_STATES_WRITER = """
+import sys
+from pathlib import Path
+
+import torch
+
+from pytest_forgetguard.base_states import BaseStates
+from pytest_forgetguard.cache import ResultCache
+
+states = BaseStates(ResultCache(Path(sys.argv[1])))
+for _ in range(100):
+    states.store(sys.argv[2], torch.arange(64 * 32, dtype=torch.float32).reshape(64, 32))
+"""
+
+
+def test_concurrent_writers_of_one_batch_leave_one_whole_file(tmp_path):
+    import torch
+
+    key = "ab" + "0" * 62
+    writers = [subprocess.Popen([sys.executable, "-c", SAME_STATES_WRITER, str(tmp_path), key]) for _ in range(2)]
+    problems: list[str] = []
+    expected = torch.arange(64 * 32, dtype=torch.float32).reshape(64, 32)
+    while any(w.poll() is None for w in writers):  # read while they write: never half a file
+        hit = BaseStates(ResultCache(tmp_path, warn=problems.append)).load(key, 64, torch.device("cpu"))
+        assert hit is None or torch.equal(hit, expected)
+    assert [w.wait() for w in writers] == [0, 0] and problems == []
+    files = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
+    assert files == [Path("base-states") / key[:2] / f"{key}.safetensors"], "one file, no temporary file left"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from pytest_forgetguard.cache import CACHE_SCHEMA, ResultCache, cache_key
 
@@ -61,3 +64,27 @@ def test_a_failed_write_warns_and_keeps_the_result_for_the_process(tmp_path):
     assert len(warnings) == 1 and "could not write cache entry" in warnings[0]
     assert cache.load("ns", cache_key(k=1)) == [1, 2]
     assert blocker.read_text().startswith("a file"), "nothing was overwritten"
+
+
+# Stores one entry again and again, as xdist workers (or concurrent runs) that computed the same result do.
+SAME_ENTRY_WRITER = """
+import sys
+from pathlib import Path
+from pytest_forgetguard.cache import ResultCache
+
+cache = ResultCache(Path(sys.argv[1]))
+for _ in range(200):
+    cache.store("samples", sys.argv[2], {"responses": [[5, 6, 7]] * 200}, meta={"model": "base"})
+"""
+
+
+def test_concurrent_writers_of_one_entry_leave_one_whole_file(tmp_path):
+    key = cache_key(model="base", prompts=[1, 2])
+    writers = [subprocess.Popen([sys.executable, "-c", SAME_ENTRY_WRITER, str(tmp_path), key]) for _ in range(4)]
+    problems: list[str] = []
+    while any(w.poll() is None for w in writers):  # read while they write: never half an entry
+        hit = ResultCache(tmp_path, warn=problems.append).load("samples", key)
+        assert hit is None or hit == {"responses": [[5, 6, 7]] * 200}
+    assert [w.wait() for w in writers] == [0, 0, 0, 0] and problems == []
+    files = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
+    assert files == [Path("samples") / key[:2] / f"{key}.json"], "one entry, no temporary file left"

@@ -89,6 +89,13 @@ def test_a_broken_launch_is_a_clear_error(change, message):
         Launch.from_environ(env)
 
 
+def test_launch_variables_alone_are_no_process_group():
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    assert Launch.from_process_group(LAUNCH) is None  # a callback outside any group measures alone
+
+
 def test_each_rank_loads_on_its_own_gpu():
     launch = Launch(rank=3, local_rank=1, world_size=4)
     assert [launch.device_for(d) for d in ("cuda", "cuda:0", "cpu", "mps")] == ["cuda:1", "cuda:0", "cpu", "mps"]
@@ -196,6 +203,8 @@ WORKER = textwrap.dedent(
         return "fine"
 
     attempt("values", lambda: par.exchange("values", lambda: [par.rank] * (par.rank + 1), device="cpu"))
+    # A callback finds the group someone else started (here: the exchange above) by its own rank and size.
+    attempt("group", lambda: list(vars(Launch.from_process_group({"LOCAL_RANK": str(par.rank)})).values()))
     attempt("failure", lambda: par.exchange("failure", fail_on_rank_1, device="cpu"))
     # A value that cannot travel is an error on every rank, not a rank that skips the collective.
     attempt("unpicklable", lambda: par.exchange("unpicklable", lambda: (lambda: 0) if par.rank == 0 else 1, device="cpu"))
@@ -237,6 +246,7 @@ def test_exchange_over_gloo_shares_values_and_failures():
     results = [json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))) for out in outputs]
     r0, r1 = results
     assert r0["values"] == r1["values"] == ["ok", [[0], [1, 1]]]
+    assert [r0["group"], r1["group"]] == [["ok", [rank, rank, 2, DEFAULT_TIMEOUT_S]] for rank in (0, 1)]
     # The failing rank raises its own error; the other rank raises the same type, saying where it happened.
     assert r1["failure"] == ["error", "NonFiniteError", "KL is NaN/inf at prompt 1"]
     assert r0["failure"] == ["error", "NonFiniteError", "rank 1 of 2: KL is NaN/inf at prompt 1"]

@@ -265,6 +265,18 @@ def test_an_adapter_whose_keys_match_no_module_is_an_error_naming_the_first(tiny
         run_check(fg, "drift", tasks)
 
 
+def test_an_adapter_whose_target_modules_match_nothing_is_an_error_naming_them(tiny, tmp_path, tasks):
+    from builders import edit_adapter
+
+    stray = edit_adapter(tiny["lora"], tmp_path / "stray", lambda n, t: t)
+    config = json.loads((stray / "adapter_config.json").read_text())
+    (stray / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["attn_qkv"]}))
+    fg, _ = pair({**tiny, "stray": stray}, "base", "stray")
+    for kind in ("kl", "drift"):  # the first check finds it; every later one errs with it
+        with pytest.raises(ModelLoadError, match=r"PEFT adapter .*stray.*Target modules \{'attn_qkv'\} not found"):
+            run_check(fg, kind, tasks)
+
+
 def test_an_over_long_prompt_is_an_error_before_any_scoring(tiny):
     fg, _ = pair(tiny, "base", "candidate")
     long = {"prompt": "word " * 600, "response": " end"}  # the tiny models read 512 positions
@@ -377,3 +389,185 @@ def test_degenerate_logits_are_named():
     ruled_out = torch.randn(5, 8)
     ruled_out[:, 0] = float("-inf")
     assert degenerate_logits(ruled_out) is None
+
+
+# -- messages name the file, the value and the fix ------------------------------------------------------
+
+
+def test_a_vocabulary_that_does_not_fit_is_named_with_both_sizes_and_the_fix(tiny, tmp_path, tasks):
+    """transformers says "look at the above report" and its report is silenced: the error says it all itself."""
+    from builders import resized_vocab_lora
+
+    resized = tmp_path / "resized"  # weights of a 392-token vocabulary, the base's config.json (384)
+    shutil.copytree(tiny["bigvocab"], resized)
+    shutil.copy(tiny["base"] / "config.json", resized / "config.json")
+    adapter = resized_vocab_lora(tiny["bigvocab"], tiny["base"], tmp_path / "adapter")
+    fg, _ = pair({**tiny, "resized": resized}, "base", "resized")
+    with pytest.raises(ModelLoadError) as info:
+        run_check(fg, "kl", tasks)
+    assert re.search(
+        r"could not load model '.*resized': its weights do not fit its config.json: model.safetensors holds "
+        r"lm_head.weight and model.embed_tokens.weight with 392 token rows, config.json says vocab_size 384\. .*"
+        r'set "vocab_size": 392 in .*resized/config.json',
+        str(info.value),
+    ), str(info.value)
+    fg, _ = pair({**tiny, "adapter": adapter}, "base", "adapter")
+    with pytest.raises(ModelLoadError) as info:
+        run_check(fg, "kl", tasks)
+    assert re.search(
+        r"could not load PEFT adapter '.*adapter': it was saved for a vocabulary of 392 tokens "
+        r"\(base_model.model.lm_head.modules_to_save.weight\), its base '.*base' has 384\. .*pass that model",
+        str(info.value),
+    ), str(info.value)
+    assert "above report" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda b: b[: len(b) // 2], r"it is truncated: its header says the tensors need [\d,]+ bytes after it, "
+                                     r"the file holds [\d,]+"),
+        (lambda b: b"<html>Rate limit exceeded</html>" * 4, r"it is not a safetensors file, or its start is damaged: "
+                                                             r"its first 8 bytes give a header longer than the file "
+                                                             r"\(128 bytes\)"),
+        (lambda b: b"", r"it is empty \(0 bytes\)"),
+    ],
+    ids=["truncated", "html-page", "empty"],
+)  # fmt: skip
+def test_unreadable_weights_are_one_load_error_naming_the_file(tiny, tmp_path, tasks, damage, why):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["base"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    fg, _ = pair({**tiny, "broken": broken}, "base", "broken")
+    with pytest.raises(ModelLoadError) as info:
+        run_check(fg, "drift", tasks)
+    assert re.search(
+        rf"could not load model '.*broken': weights file .*broken/model.safetensors cannot be read: {why}\. "
+        r"Download it again, or save the model again with save_pretrained\(safe_serialization=True\)",
+        str(info.value),
+    ), str(info.value)
+    # No chained safetensors/transformers traceback behind it (pytest prints every link of a chain).
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_directory_given_as_the_prompt_file_says_so(tiny, tmp_path):
+    from pytest_forgetguard.errors import SuiteError
+    from pytest_forgetguard.suite import load_suite
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps(ITEMS[0]) + "\n")
+    fg, _ = pair(tiny, "base", "candidate")
+    with pytest.raises(PromptFileError) as info:
+        fg.kl(str(data), sample_from="dataset")
+    assert str(info.value) == (
+        f'prompt file {data} is a directory; a JSONL file is expected (one {{"prompt": ...}} or '
+        '{"messages": [...]} per line); it holds train.jsonl: name one'
+    )
+    suite = tmp_path / "forgetguard.yaml"
+    suite.write_text("checks:\n  - name: k\n    kl: {prompts: data, budget: 1}\n")
+    with pytest.raises(SuiteError, match=rf"forgetguard.yaml:3: check 'k': kl.prompts: {data} is a directory; a "
+                                         r"JSONL file is expected .* it holds train.jsonl: name one"):  # fmt: skip
+        load_suite(suite)
+
+
+def test_calibrate_names_the_base_of_each_calibration(tmp_path, capsys):
+    from pytest_forgetguard.cli import main
+    from pytest_forgetguard.history import History, Run
+    from pytest_forgetguard.records import CheckRecord
+
+    history = History(tmp_path / "h.sqlite")
+    base = {"spec": "models/smollm2-base", "fingerprint": "3f2a9c1d" + "0" * 8}
+    for i, (kl, drop) in enumerate([(0.1, 0.01), (0.2, 0.02), (0.4, 0.05)]):
+        cand = {"spec": f"runs/ckpt-{i}", "fingerprint": f"c{i}" * 8}
+        common = {"candidate": cand["spec"], "base_info": base, "candidate_info": cand, "passed": True}
+        history.add_run(Run.now(), [
+            CheckRecord(name="task-kl", kind="kl", metric="kl_forward_mean", value=kl, budget=1.0,
+                        details={"series": "kl-s"}, **common),
+            CheckRecord(name="code", kind="retention", metric="acc", value=0.5 - drop, budget=0.1,
+                        details={"series": "ret-s", "drop": drop, "decided_by": "measurement"}, **common),
+        ])  # fmt: skip
+    assert main(["calibrate", "--history", str(history.path), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["base"], row["base_fingerprint"]) == ("models/smollm2-base", base["fingerprint"])
+    assert main(["calibrate", "--history", str(history.path)]) == 0
+    header, _, line = capsys.readouterr().out.splitlines()[:3]
+    assert header.split()[:5] == ["kl", "check", "retention", "check", "base"]
+    assert line.split()[:4] == ["task-kl", "code", "smollm2-base", "(3f2a9c1d)"]
+
+
+def test_models_saved_in_different_dtypes_are_named_with_the_dtype_to_compare_in(tiny, tmp_path, tasks):
+    """The base's float32 weights and a bfloat16 copy: loaded as float32 they "drift" by rounding alone, with a
+    warning saying so; loaded as bfloat16 (the warning's advice) they are the same weights."""
+    from builders import cast_copy
+
+    models = {**tiny, "bf16": cast_copy(tiny["base"], tmp_path / "bf16", "bfloat16")}
+    fg, records = pair(models, "base", "bf16")
+    with pytest.warns(ForgetguardWarning) as seen:
+        result = fg.assert_drift(max_relative_l2=1e30, name="drift")
+    expected = (
+        f"base '{tiny['base']}' is float32, candidate '{models['bf16']}' is bfloat16 (as saved; both loaded as "
+        "float32): numeric precision alone moves weights and logits; compare in one dtype (--fg-dtype bfloat16)"
+    )
+    assert [str(w.message) for w in seen] == [expected] and records[0].details["warnings"] == [expected]
+    assert result.relative_l2 > 0
+    store = ModelStore(device="cpu", dtype="bfloat16")
+    base = store.get(str(tiny["base"]), role="base")
+    assert Forgetguard(base, store.get(str(models["bf16"]), base=base)).drift().relative_l2 == 0.0  # no warning
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("temperature: 1.0e-320", r"kl.temperature: must be >= 0.01, got 1e-320 \(the range is \[0.01, 100\]\)"),
+        ("temperature: 1e-320", r"kl.temperature: must be >= 0.01, got 1e-320 \(the range is \[0.01, 100\]\)"),
+        ("temperature: 0", r"kl.temperature: must be >= 0.01, got 0 \(the range is \[0.01, 100\]\)"),
+        ("temperature: 1000", r"kl.temperature: must be <= 100, got 1000 \(the range is \[0.01, 100\]\)"),
+        ("max_new_tokens: 64000", r"kl.max_new_tokens: must be <= 8192, got 64000 \(the range is \[1, 8192\]\)"),
+    ],
+)
+def test_sampling_options_out_of_range_are_a_collection_error_naming_key_value_and_range(tmp_path, option, message):
+    import jsonschema
+    import yaml
+
+    from pytest_forgetguard.errors import SuiteError
+    from pytest_forgetguard.schema import json_schema
+    from pytest_forgetguard.suite import load_suite
+
+    (tmp_path / "p.jsonl").write_text(json.dumps(ITEMS[0]) + "\n")
+    suite = tmp_path / "forgetguard.yaml"
+    suite.write_text(f"checks:\n  - name: k\n    kl:\n      prompts: p.jsonl\n      budget: 1\n      {option}\n")
+    with pytest.raises(SuiteError, match=rf"forgetguard.yaml:6: check 'k': {message}"):
+        load_suite(suite)
+    # The shipped JSON Schema refuses it too (PyYAML reads 1e-320 as a string: its pattern must refuse that).
+    assert list(jsonschema.Draft202012Validator(json_schema()).iter_errors(yaml.safe_load(suite.read_text())))
+
+
+def test_sampling_options_of_the_api_have_the_suites_ranges(tiny):
+    fg, _ = pair(tiny, "base", "candidate")
+    with pytest.raises(ValueError, match=r"temperature must be a finite number in \[0.01, 100\], got 1e-320"):
+        fg.kl(ITEMS, temperature=1e-320)
+    with pytest.raises(ValueError, match=r"max_new_tokens must be a positive integer, at most 8192, got 64000"):
+        fg.kl(ITEMS, max_new_tokens=64000)
+
+
+def test_a_large_prompt_set_warns_with_its_cost_before_any_forward_pass(tiny):
+    import warnings
+
+    from pytest_forgetguard.checks.retention import large_task
+    from pytest_forgetguard.lmeval import TaskRun
+
+    items = [{"prompt": f"Item {i}", "response": " ok"} for i in range(5001)]
+    fg, _ = pair(tiny, "base", "candidate")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ForgetguardWarning)  # the warning stops the check: nothing was scored
+        with pytest.raises(ForgetguardWarning, match=r"^KL check over 5,001 prompts: about [\d,]+ tokens through "
+                           r"each of base and candidate, in 626 forward passes of each \(batch_size 8\)\. Cut it "
+                           r"with limit \(suite: `limit: 1000`\) or use fewer prompts$"):  # fmt: skip
+            fg.kl(items, sample_from="dataset")
+        assert fg.kl(items, sample_from="dataset", limit=50).n_prompts == 50  # what the warning advises: no warning
+    samples = [{"doc_id": i} for i in range(6000)]
+    task = TaskRun("big", samples, {"acc": True}, {"acc": "mean"}, {})
+    assert "retention check on big: 6,000 items (after limit)" in (large_task(["big"], {"big": task}) or "")
+    assert large_task(["big"], {"big": TaskRun("big", samples[:5000], {}, {}, {})}) is None

@@ -8,10 +8,11 @@ import multiprocessing
 import sqlite3
 
 import pytest
+from helpers import fill
 
 from pytest_forgetguard.calibration import PairKey, points, summarize
 from pytest_forgetguard.cli import main as cli
-from pytest_forgetguard.history import History, HistoryError, Run
+from pytest_forgetguard.history import History, HistoryError, HistoryUnreadable, Run
 from pytest_forgetguard.records import CheckRecord
 
 BASE = {"spec": "models/base", "fingerprint": "b" * 16}
@@ -252,3 +253,91 @@ def test_an_import_is_validated_row_by_row_and_all_or_nothing(tmp_path, edit, re
     message = str(info.value)
     assert "1 line(s) refused, nothing imported" in message and "runs.jsonl:2: " in message and reason in message
     assert not target.path.exists() or target.runs() == []  # nothing half-imported
+
+
+def _history_with(path, n=30):
+    h = History(path)
+    for i in range(n):
+        h.add_run(Run(f"run{i}", 1.7e9 + i, "host"), [kl(f"c{i}", 0.01 * i), ret(f"c{i}", 0.001 * i)])
+    return h
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    elif how == "another program's database":
+        path.unlink()
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE notes (x)")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "garbage", "another program's database"])
+def test_an_unreadable_history_is_named_and_moved_aside_whole(tmp_path, how):
+    path = tmp_path / "history.sqlite"
+    _history_with(path)
+    before = _damage(path, how)
+    with pytest.raises(HistoryUnreadable, match=f"{path.name}"):
+        History(path).verify()
+    aside = History(path).move_aside()
+    assert not path.exists() and aside.read_bytes() == before  # never overwritten, never deleted
+    assert aside.name.startswith("history.sqlite.unreadable-")
+    History(path).add_run(Run.now(), [kl("a", 0.1)])  # a fresh one starts
+    assert len(History(path).runs()) == 1
+
+
+def test_a_history_of_another_schema_is_not_unreadable_it_is_left_alone(tmp_path):
+    path = tmp_path / "history.sqlite"
+    _history_with(path, 2)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '9' WHERE key = 'schema'")
+    with pytest.raises(HistoryError, match="schema 9") as err:
+        History(path).verify()
+    assert not isinstance(err.value, HistoryUnreadable)
+
+
+def test_a_new_history_on_a_full_disk_leaves_no_file_and_an_old_one_stays_whole(full_disk):
+    fill(full_disk, leave=0)
+    with pytest.raises(HistoryError, match="cannot create the run history .*disk is full .free space there"):
+        History(full_disk / "new.sqlite").add_run(Run.now(), [kl("a", 0.1)])
+    assert sorted(p.name for p in full_disk.iterdir()) == ["ballast"]  # no 0-byte history, no temporary file
+    (full_disk / "ballast").unlink()
+    old = _history_with(full_disk / "old.sqlite", 3)
+    fill(full_disk, leave=0)
+    big = [kl(f"x{i}", 0.1) for i in range(300)]
+    with pytest.raises(HistoryError, match="is its disk full.*the file is as it was") as err:
+        old.add_run(Run.now(), big)
+    assert not isinstance(err.value, HistoryUnreadable)  # a full disk is no reason to move a history aside
+    (full_disk / "ballast").unlink()
+    assert len(old.runs()) == 3  # the transaction rolled back: the file is whole and readable
+    with sqlite3.connect(old.path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_the_same_run_under_another_id_is_found_by_content(tmp_path):
+    a = _history_with(tmp_path / "a.sqlite", 3)
+    out = io.StringIO()
+    a.export_jsonl(out)
+    lines = out.getvalue().splitlines()
+    renamed = [json.dumps({**json.loads(x), "run": {**json.loads(x)["run"], "run_id": "copy" + str(i)}})
+               for i, x in enumerate(lines)]  # fmt: skip
+    assert a.import_jsonl(renamed) == (0, 3)
+    b = History(tmp_path / "b.sqlite")
+    assert b.import_jsonl(lines) == (3, 0) and b.import_jsonl(renamed) == (0, 3)
+    assert len(b.runs()) == 3
+
+
+def test_last_runs_and_series_are_read_from_indexes(tmp_path):
+    h = _history_with(tmp_path / "h.sqlite", 30)
+    assert [r.run_id for r in h.runs(last=2)] == ["run28", "run29"]
+    assert {r.run_id for r in h.rows(run_ids=["run3", "run5"])} == {"run3", "run5"}
+    assert len(h.rows(series=["kl-s"])) == 30 and len(h.rows(series=["kl-s", "ret-s"])) == 60
+    assert h.rows(series=[]) == [] and h.rows(run_ids=[]) == []
+    with sqlite3.connect(h.path) as conn:
+        plan = " ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM runs ORDER BY time DESC LIMIT 2"))
+        assert "runs_by_time" in plan

@@ -156,3 +156,93 @@ def test_edge_cases_of_prompt_files(tmp_path, data, message):
     else:
         with pytest.raises(PromptFileError, match=message):
             load_prompts(path)
+
+
+# -- history imports: whatever a file holds, an import is whole and valid, or nothing and one error -----------
+
+
+def _valid_export_line() -> dict:
+    import io
+    import tempfile
+
+    from pytest_forgetguard.history import History, Run
+    from pytest_forgetguard.records import CheckRecord
+
+    base = {"spec": "models/base", "fingerprint": "b" * 16}
+    records = [
+        CheckRecord(name="task-kl", kind="kl", candidate="c", metric="kl_forward_mean", value=0.1, budget=1.0,
+                    passed=True, details={"series": "kl-s"}, base_info=base, candidate_info={"fingerprint": "fc"}),
+        CheckRecord(name="code", kind="retention", candidate="c", metric="acc", value=0.7, budget=0.02,
+                    passed=True, details={"series": "r-s", "drop": 0.01, "decided_by": "measurement"},
+                    base_info=base, candidate_info={"fingerprint": "fc"}),
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        h = History(Path(tmp) / "h.sqlite")
+        h.add_run(Run("run-1", 1.7e9, "host", "abc"), records)
+        out = io.StringIO()
+        h.export_jsonl(out)
+    return json.loads(out.getvalue())
+
+
+VALID_LINE = _valid_export_line()
+
+
+def _paths(x, prefix=()):
+    yield prefix
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _paths(v, (*prefix, i))
+
+
+PATHS = [p for p in _paths(VALID_LINE) if p]
+IMPORTS = settings(SETTINGS, max_examples=120)  # each example is a real import into a new SQLite file
+odd_values = st.one_of(json_values, st.sampled_from([1e308, -1e308, 1e9, 4.1e9, "NaN", "nan", "Infinity", "", " "]))
+
+
+def _set(doc, path, value):
+    doc = json.loads(json.dumps(doc))
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return doc
+
+
+def check_import(tmp_path: Path, data: bytes, capsys) -> None:
+    from pytest_forgetguard.cli import main as cli
+    from pytest_forgetguard.history import History
+
+    export, history = tmp_path / "in.jsonl", tmp_path / "h.sqlite"
+    history.unlink(missing_ok=True)
+    export.write_bytes(data)
+    code = cli(["import", str(export), "--history", str(history), "--json"])
+    out, err = capsys.readouterr()
+    if code != 0:
+        assert code == 1 and err.startswith("forgetguard: ") and "Traceback" not in err, err
+        assert not history.exists() or History(history).runs() == []  # all or nothing
+        return
+    # Imported: every stored number is finite and plausible, and every reader of the history works.
+    for row in History(history).rows():
+        for x in (row.value, row.drop, row.budget):
+            assert x is None or (math.isfinite(x) and abs(x) <= 1e100)
+        assert isinstance(row.passed, bool) and not (row.passed and row.error)
+    for command in (["history", "--json"], ["calibrate", "--json"], ["export"]):
+        assert cli([*command, "--history", str(history)]) in (0, 1), command
+        _, err = capsys.readouterr()
+        assert "Traceback" not in err
+
+
+@IMPORTS
+@given(data=st.binary(max_size=300))
+def test_any_bytes_are_an_import_or_one_history_error(tmp_path, data, capsys):
+    check_import(tmp_path, data, capsys)
+
+
+@IMPORTS
+@given(path=st.sampled_from(PATHS), value=odd_values, copies=st.integers(1, 3))
+def test_any_edit_of_an_export_is_imported_whole_and_valid_or_refused(tmp_path, path, value, copies, capsys):
+    line = json.dumps(_set(VALID_LINE, path, value))
+    check_import(tmp_path, ("\n".join([line] * copies) + "\n").encode(), capsys)

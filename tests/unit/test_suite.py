@@ -93,7 +93,11 @@ checks:
             r"retention.limit: a whole number of items or a fraction in \(0, 1\], got 1.5",
         ),
         ("checks:\n  - {name: a, kl: {prompts: prompts.jsonl, budget: 1, max_new_tokens: 0}}", 2, r"must be >= 1"),
-        ("checks:\n  - {name: a, kl: {prompts: prompts.jsonl, budget: 1, temperature: 0}}", 2, r"must be > 0, got 0"),
+        (
+            "checks:\n  - {name: a, kl: {prompts: prompts.jsonl, budget: 1, temperature: 0}}",
+            2,
+            r"must be >= 0.01, got 0",
+        ),
         (
             "checks:\n  - {name: a, kl: {prompts: prompts.jsonl, budget: 1, direction: up}}",
             2,

@@ -116,6 +116,10 @@ GOOD_CHECK = {"name": "w", "drift": {"max_relative_l2": 0.1}}
         {"device": "cuda:1", "dtype": "bfloat16", "seed": 0, "checks": [GOOD_CHECK]},
         {"models": {"base": "org/b", "candidate": ["a", "b"]}, "checks": [GOOD_CHECK]},
         {"checks": [{"name": "r", "retention": {"task": ["a", "b"], "max_drop_relative": 0.05, "limit": 0.5}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": "1e-2"}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": "1e2"}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": 0.7}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "max_new_tokens": 8192}}]},
     ],
 )
 def test_valid_suites_pass(data):
@@ -142,6 +146,11 @@ def test_valid_suites_pass(data):
         {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": 0}}]},
         {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": "0e5"}}]},
         {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "max_new_tokens": 0}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": 1e-320}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": "1e-320"}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": "5e-3"}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "temperature": "1.5e2"}}]},
+        {"checks": [{"name": "k", "kl": {"prompts": "p.jsonl", "budget": 1, "max_new_tokens": 64000}}]},
         {"checks": [{**GOOD_CHECK, "marks": "not an identifier"}]},
         {"checks": [{**GOOD_CHECK, "marks": ["skipif"]}]},
         {"checks": [{**GOOD_CHECK, "marks": []}]},
