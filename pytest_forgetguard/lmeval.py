@@ -129,8 +129,8 @@ def invalid_task_run(payload: Any, task: str) -> str | None:
             return f"item {i} is not a mapping"
         if isinstance(item.get("doc_id"), bool) or not isinstance(item.get("doc_id"), int):
             return f"item {i} has no integer doc_id"
-        if not isinstance(item.get("doc_hash"), str) or not isinstance(item.get("filter"), str):
-            return f"item {i} has no doc_hash or filter"
+        if not all(isinstance(item.get(k), str) for k in ("doc_hash", "prompt_hash", "filter")):
+            return f"item {i} has no doc_hash, prompt_hash or filter"
         metrics = item.get("metrics")
         if not isinstance(metrics, dict):
             return f"item {i} has no metrics"
@@ -457,6 +457,7 @@ def _reduce(res: dict[str, Any], tasks: dict[str, Any], label: str = "the model"
                 {
                     "doc_id": int(s["doc_id"]),
                     "doc_hash": s["doc_hash"],
+                    "prompt_hash": str(s.get("prompt_hash", "")),  # pairs a chunk's item with the full run's
                     "filter": s.get("filter", "none"),
                     "metrics": metrics,
                     **_describe(s),
@@ -592,8 +593,12 @@ def run_lm_eval(
     backend: str = "hf",
     warn: Callable[[str], None] | None = None,
     parallel: "DataParallel | None" = None,
+    samples: dict[str, list[int]] | None = None,
 ) -> dict[str, TaskRun]:
     """Evaluate ``handle`` on the given Task objects with lm-eval, samples logged.
+
+    ``samples``: only these documents of each task (lm-eval's per-document selection; ``limit`` is then
+    not passed: the documents are chosen among those the limit allows).
 
     With ``parallel`` (a ``torchrun`` launch) the HF backend's model calls are split between the
     ranks (:func:`_sharded_lm`); vLLM runs whole on every rank (it is one engine per process).
@@ -619,7 +624,8 @@ def run_lm_eval(
             tasks=list(tasks.values()),
             task_manager=task_manager,
             num_fewshot=num_fewshot,
-            limit=limit,
+            limit=None if samples is not None else limit,
+            samples=samples,
             log_samples=True,
             bootstrap_iters=0,
             apply_chat_template=apply_chat_template,
@@ -728,8 +734,12 @@ def evaluate(
     backend: str = "hf",
     warn: Callable[[str], None] | None = None,
     parallel: "DataParallel | None" = None,
+    samples: dict[str, list[int]] | None = None,
 ) -> dict[str, TaskRun]:
     """Per-item results of ``handle`` on tasks; served from ``cache`` when the key matches.
+
+    ``samples`` selects documents of some tasks (the candidate's chunks, :mod:`.early_stop`): only those
+    tasks are evaluated, and a partial run is never cached (nor served from the cache).
 
     ``backend``: ``hf`` (lm-eval's HFLM on the loaded model) or ``vllm``
     (lm-eval's vLLM backend; falls back to ``hf`` with a warning when vLLM is
@@ -742,6 +752,9 @@ def evaluate(
         raise RetentionError(f"unknown retention backend {backend!r}; use one of {', '.join(BACKENDS)}")
     paths = include_paths(include_path)
     tm, tasks = load_tasks(names, paths)
+    if samples is not None:
+        tasks = {n: t for n, t in tasks.items() if samples.get(n)}
+        cache = None  # a partial run is never stored as, or served for, a full one
     keys = {}
     runs: dict[str, TaskRun] = {}
     if cache is not None:
@@ -760,7 +773,7 @@ def evaluate(
     if todo:
         fresh = run_lm_eval(
             handle, tm, todo, num_fewshot, limit, batch_size, seed, apply_chat_template, backend=backend, warn=warn,
-            parallel=parallel,
+            parallel=parallel, samples=samples,
         )  # fmt: skip
         # Every rank holds the same gathered results: one writer per node (nodes may each have their own
         # cache directory; on a shared one their writes are atomic and identical), the others remember.

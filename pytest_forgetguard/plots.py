@@ -385,6 +385,8 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
 def _row_label(name: str, rec: CheckRecord) -> str:
     """A retention row's tick label: the candidate and its verdict, marked when the items could not decide."""
     why = " — inconclusive" if rec.gate_note and rec.verdict == "PASS" else ""
+    if rec.stopped_early:  # "decided after 180 of 1,200 items": the interval is the one at the stop
+        why += f" — {rec.n} of {rec.details['items_total']} items"
     return f"{_text(name, LABEL_WIDTH)} ({rec.verdict}){why}"
 
 

@@ -109,6 +109,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "forgetguard_no_forecast_skip", type="bool", default=False, help="run every retention check (no forecast skip)"
     )
     group.addoption(
+        "--fg-no-early-stop",
+        action="store_true",
+        dest="fg_no_early_stop",
+        help="evaluate every item of every retention check (no early stop; for audits and benchmarks); "
+        "env FORGETGUARD_NO_EARLY_STOP",
+    )
+    parser.addini(
+        "forgetguard_no_early_stop", type="bool", default=False, help="evaluate every retention item (no early stop)"
+    )
+    group.addoption(
         "--fg-trust-remote-code",
         action="store_true",
         dest="fg_trust_remote_code",
@@ -128,12 +138,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "history": config.getoption("fg_history"),
         "no_history": config.getoption("fg_no_history"),
         "no_forecast_skip": config.getoption("fg_no_forecast_skip"),
+        "no_early_stop": config.getoption("fg_no_early_stop"),
         "trust_remote_code": config.getoption("fg_trust_remote_code"),
     }
     ini: dict[str, Any] = {
         "candidates": config.getini("forgetguard_candidate"),
         "history": config.getini("forgetguard_history"),
         "no_forecast_skip": config.getini("forgetguard_no_forecast_skip"),
+        "no_early_stop": config.getini("forgetguard_no_early_stop"),
     }
     for _, dest, ini_key, _ in _VALUE_OPTIONS:
         cli[dest] = config.getoption(f"fg_{dest}")

@@ -93,6 +93,19 @@ class CheckRecord:
         return self.details.get("decided_by") == "forecast"
 
     @property
+    def stopped_early(self) -> str | None:
+        """``decided after N of M items (K looks)`` for a retention check whose looks stopped the candidate's
+        evaluation before its last item (None otherwise).
+
+        >>> CheckRecord("k", "retention", "c", "acc", n=180, details={"items_total": 1200, "looks": 3}).stopped_early
+        'decided after 180 of 1,200 items (3 looks)'
+        """
+        total, looks = self.details.get("items_total"), self.details.get("looks")
+        if self.kind != "retention" or not isinstance(self.n, int) or not isinstance(total, int) or self.n >= total:
+            return None
+        return f"decided after {self.n:,} of {total:,} items ({looks} look{'' if looks == 1 else 's'})"
+
+    @property
     def gate_note(self) -> str | None:
         """Why a retention check's outcome is not a plain pass or fail on evidence (None when it is): an
         inconclusive verdict, passed or failed by ``on_inconclusive``, and what would decide it.

@@ -48,7 +48,7 @@ def rows(records: Sequence[CheckRecord]) -> list[tuple[str, ...]]:
                 "-" if r.delta is None else f"{r.delta:+.4g}",
                 _num(r.budget),
                 ci,
-                "-" if r.n is None else str(r.n),
+                "-" if r.n is None else (f"{r.n} of {r.details['items_total']}" if r.stopped_early else str(r.n)),
                 "-" if r.p_value is None else f"{r.p_value:.3g}",
                 r.verdict + ("*" if r.gate_note else "") + (" (forecast)" if r.decided_by_forecast else ""),
             )
@@ -85,9 +85,11 @@ def forecast_lines(records: Sequence[CheckRecord]) -> list[str]:
 
 
 def gate_notes(records: Sequence[CheckRecord]) -> list[str]:
-    """A footnote per check whose gate decided against its observed drop (the rows marked ``*``)."""
+    """A footnote per check whose gate decided against its observed drop (the rows marked ``*``), and per
+    retention check its looks stopped early (``decided after 180 of 1,200 items``)."""
     labels = dict(zip(candidates_of(records), column_labels(candidates_of(records))))
-    return [f"* {r.name} [{labels[r.candidate]}]: {r.gate_note}" for r in records if r.gate_note]
+    notes = [f"* {r.name} [{labels[r.candidate]}]: {r.gate_note}" for r in records if r.gate_note]
+    return notes + [f"{r.name} [{labels[r.candidate]}]: {r.stopped_early}" for r in records if r.stopped_early]
 
 
 def terminal_table(records: Sequence[CheckRecord]) -> str:
@@ -260,7 +262,7 @@ def markdown_report(
         lines += [_md_row(row) for row in rows(records)]
     notes_gate = gate_notes(records)
     if notes_gate:
-        lines += [""] + [f"\\{note}  " for note in notes_gate]
+        lines += [""] + [("\\" if note.startswith("*") else "") + f"{note}  " for note in notes_gate]
     forecasts = forecast_lines(records)
     if forecasts:
         lines += ["", "**Forecasts**", ""] + [f"- {line}" for line in forecasts]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import NonFiniteError, RetentionError
@@ -93,7 +93,9 @@ class RetentionResult:
     on_inconclusive: str = "fail"
     verdict: Verdict | None = None  # set by gate_on (a measured check)
     items_total: int | None = None  # the task's items after ``limit`` (n: those compared)
-    looks: int = 1  # interim decisions taken
+    looks: int = 1  # decisions taken: the looks of early stopping, and the last item's fixed-sample verdict
+    early: Verdict | None = None  # the verdict of the look that stopped the candidate's evaluation early
+    alpha_spent: float = 0.0  # of alpha, spent by looks before the last item (the fixed-sample verdict gets the rest)
     audit: bool = False  # a forecast could have decided: measured anyway (audit_rate), its forecast kept
     # The paired per-item values the verdict is computed from (not reported).
     paired: tuple[ItemValues, ItemValues] | None = field(default=None, repr=False, compare=False)
@@ -137,7 +139,14 @@ class RetentionResult:
         self.max_drop, self.max_drop_relative, self.gate = max_drop, max_drop_relative, gate
         self.alpha, self.on_inconclusive = alpha, "pass" if gate == "significant" else on_inconclusive
         if self.decided_by == "measurement" and self.paired is not None:
-            self.verdict = decide(self, max_drop, max_drop_relative, alpha)
+            if self.early is not None:
+                self.verdict = self.early
+            else:
+                self.verdict = decide(self, max_drop, max_drop_relative, alpha - self.alpha_spent)
+                if self.alpha_spent:
+                    note = (f"{self.looks - 1} earlier look(s) did not decide: the verdict on every item is at alpha "
+                            f"{alpha - self.alpha_spent:g} (the looks spent {self.alpha_spent:g})")  # fmt: skip
+                    self.verdict = replace(self.verdict, notes=(*self.verdict.notes, note))
             lo, hi = self.verdict.low, self.verdict.high
             self.ci_low, self.ci_high = (-hi, -lo) if self.higher_is_better else (lo, hi)
 

@@ -208,6 +208,18 @@ RETENTION_KEYS: dict[str, Key] = {
         default="fail",
         enum=("fail", "pass"),
     ),
+    "stop_early": Key(
+        ("boolean",),
+        "evaluate the candidate on a seeded random order of the items in growing chunks and stop as soon as an "
+        "anytime-valid test decides (the error rate stays `alpha`); `--fg-no-early-stop` runs every item",
+        default=True,
+    ),
+    "min_items": Key(
+        ("integer",),
+        "items the candidate is evaluated on before the first look (later looks at 1.5x as many, and so on)",
+        default=50,
+        minimum=1,
+    ),
     "num_fewshot": Key(("integer",), "few-shot examples per prompt", default_doc="the task's own", minimum=0),
     "limit": Key(
         ("number",),

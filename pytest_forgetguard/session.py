@@ -189,6 +189,7 @@ class ForgetguardSession:
             forecasts=self.forecasts,
             base_states=self.base_states,
             alpha=self.settings.alpha,
+            early_stop=not self.settings.no_early_stop,
         )
 
     def record_error(self, name: str, kind: str, candidate: str, exc: BaseException) -> None:

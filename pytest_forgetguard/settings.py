@@ -63,6 +63,7 @@ class Settings:
     no_history: bool = False
     # Run every retention check, also those a forecast could decide (nightly, release).
     no_forecast_skip: bool = False
+    no_early_stop: bool = False  # every retention item, no early stop (--fg-no-early-stop)
     # Every verdict's error rate (--fg-alpha); None: each check's own (default 0.05).
     alpha: float | None = None
 
@@ -196,6 +197,16 @@ def _first(*values: object) -> object:
     return None
 
 
+def _flag(
+    cli: Mapping[str, object], env: Mapping[str, str], ini: Mapping[str, object], key: str, variable: str
+) -> bool:
+    """An on/off option: the command line, the environment variable (1/0, true/false, yes/no) or the ini."""
+    raw = env.get(variable, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(variable, f"expected 1/0 or true/false, got {raw!r}")
+    return bool(cli.get(key)) or raw in ("1", "true", "yes") or bool(ini.get(key))
+
+
 def resolve(
     cli: Mapping[str, object],
     env: Mapping[str, str],
@@ -267,12 +278,8 @@ def resolve(
     history = Path(str(raw_history)).expanduser() if raw_history else None
     if history is not None and history.is_dir():
         raise SettingsError("--fg-history", f"{history} is a directory; give a file path")
-    no_skip_env = env.get("FORGETGUARD_NO_FORECAST_SKIP", "").strip().lower()
-    if no_skip_env not in ("", "0", "1", "true", "false", "yes", "no"):
-        raise SettingsError("FORGETGUARD_NO_FORECAST_SKIP", f"expected 1/0 or true/false, got {no_skip_env!r}")
-    no_forecast_skip = (
-        bool(cli.get("no_forecast_skip")) or no_skip_env in ("1", "true", "yes") or bool(ini.get("no_forecast_skip"))
-    )
+    no_forecast_skip = _flag(cli, env, ini, "no_forecast_skip", "FORGETGUARD_NO_FORECAST_SKIP")
+    no_early_stop = _flag(cli, env, ini, "no_early_stop", "FORGETGUARD_NO_EARLY_STOP")
 
     alpha_raw = _first(cli.get("alpha"), env.get("FORGETGUARD_ALPHA"), ini.get("alpha"))
     alpha: float | None = None
@@ -321,5 +328,6 @@ def resolve(
         history=history,
         no_history=bool(cli.get("no_history")),
         no_forecast_skip=no_forecast_skip,
+        no_early_stop=no_early_stop,
         alpha=alpha,
     )

@@ -85,3 +85,38 @@ def write_tasks(d: Path) -> Path:
     gen = [{"q": f"The {w} statement", "a": "is"} for w in WORDS[:4]]
     (d / "gen.jsonl").write_text("\n".join(json.dumps(g) for g in gen) + "\n")
     return d
+
+
+def write_large_tasks(d: Path, n: int = 300, fewshot: bool = False) -> Path:
+    """``n``-item versions of the tiny tasks (``big_mc``, ``big_ppl``; ``big_mc_fewshot`` draws two random
+    few-shot examples per item, so a prompt depends on which items are evaluated together)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"q": f"The {WORDS[i % len(WORDS)]} statement number {i} is", "choices": [" used", " a", " the", " not"],
+         "label": i % 4}
+        for i in range(n)
+    ]  # fmt: skip
+    (d / "big_mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (d / "big_mc.yaml").write_text(MC_YAML.replace("tiny_mc", "big_mc").replace("mc.jsonl", "big_mc.jsonl"))
+    if fewshot:
+        (d / "big_mc_fewshot.yaml").write_text(
+            MC_YAML.replace("tiny_mc", "big_mc_fewshot").replace("mc.jsonl", "big_mc.jsonl")
+            + "num_fewshot: 2\nfewshot_split: test\n"
+        )
+    texts = [{"text": f"The {WORDS[i % len(WORDS)]} statement {i} is described in section {i % 7}."} for i in range(n)]
+    (d / "big_ppl.jsonl").write_text("\n".join(json.dumps(t) for t in texts) + "\n")
+    (d / "big_ppl.yaml").write_text(
+        PPL_YAML.replace("tiny_ppl", "big_ppl").replace("ppl.jsonl", "big_ppl.jsonl")
+        .replace("word_perplexity", "bits_per_byte").replace("weighted_perplexity", "bits_per_byte")
+    )  # fmt: skip
+    return d
+
+
+def label_with_answers(tasks: Path, task: str, answers: dict[int, str]) -> None:
+    """Rewrite a multiple-choice task's labels to the given answers (a model's own: it then scores 1.0)."""
+    data = tasks / f"{task}.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        # lm-eval puts its target delimiter (a space) before each choice: compare without it.
+        row["label"] = [c.strip() for c in row["choices"]].index(answers[i].strip())
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")

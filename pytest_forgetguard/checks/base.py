@@ -151,6 +151,7 @@ class PairChecks:
         forecasts: ForecastSource | None = None,
         base_states: "BaseStates | None" = None,
         alpha: float | None = None,
+        early_stop: bool = True,
     ) -> None:
         self.base = base
         self.candidate = candidate
@@ -164,6 +165,7 @@ class PairChecks:
         self.base_states = base_states  # the base's KL passes, shared by every candidate (and across runs)
         self._compatible: dict[bool, int] = {}
         self.alpha = alpha  # --fg-alpha: every verdict's error rate, over a check's own alpha (None: not given)
+        self.early_stop = early_stop  # False: --fg-no-early-stop, every retention item over a check's stop_early
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} base={self.base.label!r} candidate={self.candidate.label!r}>"

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import context
+from ..early_stop import DEFAULT_MIN_ITEMS, EarlyStop
 from ..errors import CapabilityForgotten, ForgetguardError
+from ..evidence.sequential import SEQUENTIAL_SHARE
 from ..evidence.verdicts import DEFAULT_ALPHA, allowance_for
 from ..retention import GATES, ON_INCONCLUSIVE, RetentionResult
 from .base import LARGE_INPUT, PairChecks, check_number
@@ -40,6 +42,8 @@ class RetentionChecks(PairChecks):
 
     # Set by assert_retained while it measures: refuses a task too small to pass before the candidate runs.
     _before_candidate: "Callable[[RetentionResult], None] | None" = None
+    # Set by assert_retained while it measures: the candidate is evaluated in chunks, stopped when decided.
+    _early_stop: "EarlyStop | None" = None
 
     def retention(
         self,
@@ -97,6 +101,8 @@ class RetentionChecks(PairChecks):
         forecast_coverage: float = 0.9,
         skip_if_forecast_within: bool = False,
         audit_rate: float = 0.1,
+        stop_early: bool = True,
+        min_items: int = DEFAULT_MIN_ITEMS,
         **retention_options: Any,
     ) -> RetentionResult:
         """Fail with :class:`~pytest_forgetguard.errors.CapabilityForgotten` when the candidate lost more than allowed.
@@ -121,11 +127,20 @@ class RetentionChecks(PairChecks):
         :meth:`~pytest_forgetguard.forecast.Calibration.evidence_problems`), and
         a seeded share ``audit_rate`` of such checks is measured anyway
         (``details.audit``), so the history learns how often forecasts hold.
+
+        ``stop_early`` (default): the candidate is evaluated on a seeded random order of the items in
+        chunks (the first of ``min_items``) and stops as soon as an anytime-valid test decides
+        (:mod:`~pytest_forgetguard.early_stop`); the error rate stays ``alpha``. ``--fg-no-early-stop``,
+        ``stop_early=False`` and ``gate="observed"`` (a point estimate needs every item) run every item.
         """
         __tracebackhide__ = True
         metric = str(retention_options.get("metric") or "-")
         with self._running(name, kind="retention", metric=metric) as run:  # a bad argument is recorded too
             _validate(gate, on_inconclusive, max_drop, max_drop_relative, forecast_coverage, audit_rate)
+            if not isinstance(stop_early, bool):
+                raise ValueError(f"stop_early must be true or false, got {stop_early!r}")
+            if isinstance(min_items, bool) or not isinstance(min_items, int) or min_items < 1:
+                raise ValueError(f"min_items must be a whole number >= 1, got {min_items!r}")
             alpha = self.resolved_alpha(alpha)
             forecast, note, series, audit = None, None, None, False
             if forecast_from is not None:
@@ -146,10 +161,12 @@ class RetentionChecks(PairChecks):
                         run.finish(decided.to_record(run.name, run.candidate), True)
                         return decided
             self._before_candidate = _planner(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
+            if stop_early and self.early_stop and gate != "observed":
+                self._early_stop = EarlyStop(max_drop, max_drop_relative, alpha, min_items)
             try:
                 result = self.retention(task, **retention_options)
             finally:
-                self._before_candidate = None
+                self._before_candidate = self._early_stop = None
             result.forecast = None if forecast is None else forecast.to_json()
             result.forecast_note, result.series, result.audit = note, series, audit
             result.gate_on(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
@@ -365,11 +382,52 @@ class RetentionChecks(PairChecks):
         large = large_task(names, base_runs)
         if large is not None:  # before the candidate's run, which costs as much as the base's did
             self._warn(large)
-        cand_runs = evaluate(self.candidate, names, **options)
-        result = compare(
-            base_runs, cand_runs, metric=metric, filter_=filter, seed=self.seed, aggregation_fn=lm_eval_aggregation
-        )
+        if self._early_stop is None:
+            cand_runs = evaluate(self.candidate, names, **options)
+            result = compare(
+                base_runs, cand_runs, metric=metric, filter_=filter, seed=self.seed, aggregation_fn=lm_eval_aggregation
+            )
+        else:
+            result = self._in_chunks(names, base_runs, metric, filter, options, self._early_stop)
         result.base_cached = base_cached
+        return result
+
+    def _in_chunks(
+        self,
+        names: list[str],
+        base_runs: "dict[str, TaskRun]",
+        metric: str | None,
+        filter_: str | None,
+        options: dict[str, Any],
+        stop: EarlyStop,
+    ) -> RetentionResult:
+        """The candidate in growing chunks of a seeded order of the base's items, until a look decides."""
+        from ..early_stop import item_order, restrict, run_in_chunks
+        from ..lmeval import evaluate, lm_eval_aggregation
+        from ..retention import compare
+
+        whole = compare(base_runs, base_runs, metric=metric, filter_=filter_, seed=self.seed,
+                        aggregation_fn=lm_eval_aggregation)  # fmt: skip
+        assert whole.paired is not None
+        stop = EarlyStop(stop.max_drop, stop.max_drop_relative, stop.alpha, stop.min_items, whole.higher_is_better)
+        order = item_order(base_runs, whole.metric, whole.filter, self.seed)
+        chunked = run_in_chunks(
+            lambda samples: evaluate(self.candidate, names, samples=samples, **options),
+            base_runs, order, stop, whole.metric, whole.filter, whole.paired[0].aggregation, whole.paired[0].fn,
+        )  # fmt: skip
+        for note in chunked.notes:
+            context.note(note)
+        result = compare(restrict(base_runs, set(chunked.evaluated)), chunked.runs, metric=whole.metric,
+                         filter_=whole.filter, seed=self.seed, aggregation_fn=lm_eval_aggregation)  # fmt: skip
+        if len(chunked.evaluated) < chunked.items_total:
+            # The base's score is known on every item: report it, and the candidate's as the base's plus the
+            # paired delta on the items compared (so every candidate shows the same base score).
+            delta = result.delta
+            result.base_value, result.candidate_value = whole.base_value, whole.base_value + delta
+        result.items_total = chunked.items_total
+        result.early = chunked.verdict
+        result.looks = chunked.looks + (chunked.verdict is None)  # the last item's fixed-sample verdict is a look
+        result.alpha_spent = chunked.looks and stop.alpha * SEQUENTIAL_SHARE
         return result
 
 

@@ -62,8 +62,8 @@ def test_damaged_candidate_fails_benign_passes_warm_cache_reuses_base(pytester, 
     result.stdout.fnmatch_lines(
         [
             "*CapabilityForgotten: capability forgotten by candidate 'damaged' (verdict: fail, alpha 0.05, gate: strict)*",
-            "*acc base 0.* -> candidate 0.* (delta -0.*, 90% interval *) on 100 paired items of fg_capitals, McNemar p = *",
-            "*FAIL: drop +0.*, one-sided 95% bounds [[]+0.*, +0.*[]] vs allowance 0.05*",
+            "*acc base 0.* -> candidate 0.* (delta -0.*, 90% interval *) on * paired items of fg_capitals, McNemar p = *",
+            "*FAIL: drop +0.*, one-sided 95% bounds [[]+0.*, +0.*[]] vs allowance 0.05; decided after * of 100 items*",
             "*items the base got right and the candidate got wrong*",
             "*What is the capital of*right*base said*candidate said*",
         ]
@@ -72,6 +72,9 @@ def test_damaged_candidate_fails_benign_passes_warm_cache_reuses_base(pytester, 
     assert damaged["capitals"]["delta"] < -0.05 and damaged["capitals"]["p_value"] < 0.01
     assert damaged["prose"]["delta"] > 0 and not damaged["prose"]["passed"]
     assert not damaged["capitals"]["details"]["base_cached"]
+    # A clearly damaged candidate is stopped at the first look (50 of the 100 items: min_items).
+    assert damaged["capitals"]["n"] == 50 and damaged["capitals"]["details"]["items_total"] == 100
+    assert damaged["capitals"]["details"]["looks"] == 1
 
     result = pytester.runpytest(*common, "--fg-candidate", str(real["nudged"]), "--fg-report-json", "nudged.json")
     result.assert_outcomes(passed=2)
