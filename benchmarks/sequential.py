@@ -51,7 +51,7 @@ def write_arith_task(folder: Path, n: int = 1200, seed: int = 7) -> Path:
                                  "label": choices.index(right)}) + "\n")  # fmt: skip
     (folder / "arith1200.yaml").write_text(
         "task: fg_arith1200\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: arith1200.jsonl\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"Question: {{question}}\\nAnswer:\"\n"
+        'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "Question: {{question}}\\nAnswer:"\n'
         "doc_to_choice: choices\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n    aggregation: mean\n"
         "    higher_is_better: true\nmetadata:\n  version: 1.0\n",
         encoding="utf-8",

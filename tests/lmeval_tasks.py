@@ -103,6 +103,10 @@ def write_large_tasks(d: Path, n: int = 300, fewshot: bool = False) -> Path:
             MC_YAML.replace("tiny_mc", "big_mc_fewshot").replace("mc.jsonl", "big_mc.jsonl")
             + "num_fewshot: 2\nfewshot_split: test\n"
         )
+    (d / "big_mc2.yaml").write_text(MC_YAML.replace("tiny_mc", "big_mc2").replace("mc.jsonl", "big_mc.jsonl"))
+    gen = [{"q": f"The {WORDS[i % len(WORDS)]} statement {i}", "a": "is"} for i in range(n)]
+    (d / "big_gen.jsonl").write_text("\n".join(json.dumps(g) for g in gen) + "\n")
+    (d / "big_gen.yaml").write_text(GEN_YAML.replace("tiny_gen", "big_gen").replace("gen.jsonl", "big_gen.jsonl"))
     texts = [{"text": f"The {WORDS[i % len(WORDS)]} statement {i} is described in section {i % 7}."} for i in range(n)]
     (d / "big_ppl.jsonl").write_text("\n".join(json.dumps(t) for t in texts) + "\n")
     (d / "big_ppl.yaml").write_text(

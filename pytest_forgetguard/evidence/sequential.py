@@ -168,21 +168,14 @@ class Sequential:
 
 
 def _bisect(test: Callable[[float], bool], lo: float, hi: float, want: bool, steps: int = 30) -> float:
-    """For ``want=True`` the smallest ``a`` in [lo, hi] with ``test(a)`` (hi when none); for ``want=False``
-    the largest ``a`` with ``test(a)`` (lo when none). ``test`` is taken as monotone."""
-    if want:
-        if not test(hi):
-            return hi
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if test(mid) else (mid, hi)
-        return hi
-    if not test(lo):
-        return lo
+    """For ``want=True`` the smallest ``a`` in [lo, hi] with ``test(a)`` (``test`` true from a threshold up;
+    hi when none); for ``want=False`` the largest (``test`` true up to a threshold; lo when none)."""
+    if not test(hi if want else lo):
+        return hi if want else lo
     for _ in range(steps):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if test(mid) else (lo, mid)
-    return lo
+        lo, hi = (lo, mid) if test(mid) == want else (mid, hi)
+    return hi if want else lo
 
 
 def schedule(total: int, first: int, growth: float = 1.5) -> list[int]:

@@ -110,3 +110,21 @@ def test_a_real_valued_metric_stops_on_the_asymptotic_sequence(pytester, models)
     [row] = json.loads((pytester.path / "r.json").read_text())["checks"]
     assert row["details"]["verdict"] == "fail" and row["n"] < N
     assert row["details"]["method"].startswith("asymptotic confidence sequence")
+
+
+def test_generation_tasks_and_pooled_tasks_stop_too_and_nothing_partial_is_cached(pytester, models):
+    pytester.path.joinpath("forgetguard.yaml").write_text(
+        f"checks:\n  - name: gen\n    retention: {{task: big_gen, include_path: {models['tasks']}, max_drop: 0.1}}\n"
+        f"  - name: pooled\n    retention: {{task: [big_mc, big_mc2], include_path: {models['tasks']}, "
+        "max_drop: 0.1}\n"
+    )
+    cache = pytester.path / "cache"
+    pytester.runpytest(*forgetguard_args(models["base"], models["damaged"], cache=cache), "--fg-report-json=r.json",
+                       "-p", "no:cacheprovider")  # fmt: skip
+    rows = {r["name"]: r for r in json.loads((pytester.path / "r.json").read_text())["checks"]}
+    assert rows["gen"]["error"] is None and rows["gen"]["n"] < N  # generate_until, exact match: decided early
+    pooled = rows["pooled"]
+    assert pooled["details"]["verdict"] == "fail" and pooled["details"]["items_total"] == 2 * N
+    assert pooled["n"] == 50 and {t["task"] for t in pooled["details"]["per_task"]} == {"big_mc", "big_mc2"}
+    # Only the base's full runs are cached (one entry per task): the candidate's partial runs never are.
+    assert len(list((cache / "results" / "retention-base").rglob("*.json"))) == 3
