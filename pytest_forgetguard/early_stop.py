@@ -45,6 +45,7 @@ class EarlyStop:
     alpha: float
     min_items: int = DEFAULT_MIN_ITEMS
     higher_is_better: bool = True
+    explicit: bool = False  # min_items was given (a task too small for it is then said, not silent)
 
 
 @dataclass
@@ -130,7 +131,7 @@ def run_in_chunks(
     if test is None:
         done.notes.append(f"{aggregation} has no anytime-valid test: every item is evaluated")
         looks = [total]
-    elif stop.min_items >= total:
+    elif stop.min_items >= total and stop.explicit:
         done.notes.append(f"min_items {stop.min_items} is not below the task's {total} items: every item is evaluated")
     start = 0
     for k, n in enumerate(looks):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import context
@@ -102,7 +102,7 @@ class RetentionChecks(PairChecks):
         skip_if_forecast_within: bool = False,
         audit_rate: float = 0.1,
         stop_early: bool = True,
-        min_items: int = DEFAULT_MIN_ITEMS,
+        min_items: int | None = None,
         **retention_options: Any,
     ) -> RetentionResult:
         """Fail with :class:`~pytest_forgetguard.errors.CapabilityForgotten` when the candidate lost more than allowed.
@@ -139,7 +139,9 @@ class RetentionChecks(PairChecks):
             _validate(gate, on_inconclusive, max_drop, max_drop_relative, forecast_coverage, audit_rate)
             if not isinstance(stop_early, bool):
                 raise ValueError(f"stop_early must be true or false, got {stop_early!r}")
-            if isinstance(min_items, bool) or not isinstance(min_items, int) or min_items < 1:
+            if min_items is not None and (
+                isinstance(min_items, bool) or not isinstance(min_items, int) or min_items < 1
+            ):
                 raise ValueError(f"min_items must be a whole number >= 1, got {min_items!r}")
             alpha = self.resolved_alpha(alpha)
             forecast, note, series, audit = None, None, None, False
@@ -162,7 +164,8 @@ class RetentionChecks(PairChecks):
                         return decided
             self._before_candidate = _planner(max_drop, max_drop_relative, gate, alpha, on_inconclusive)
             if stop_early and self.early_stop and gate != "observed":
-                self._early_stop = EarlyStop(max_drop, max_drop_relative, alpha, min_items)
+                first = DEFAULT_MIN_ITEMS if min_items is None else min_items
+                self._early_stop = EarlyStop(max_drop, max_drop_relative, alpha, first, explicit=min_items is not None)
             try:
                 result = self.retention(task, **retention_options)
             finally:
@@ -409,7 +412,7 @@ class RetentionChecks(PairChecks):
         whole = compare(base_runs, base_runs, metric=metric, filter_=filter_, seed=self.seed,
                         aggregation_fn=lm_eval_aggregation)  # fmt: skip
         assert whole.paired is not None
-        stop = EarlyStop(stop.max_drop, stop.max_drop_relative, stop.alpha, stop.min_items, whole.higher_is_better)
+        stop = replace(stop, higher_is_better=whole.higher_is_better)
         order = item_order(base_runs, whole.metric, whole.filter, self.seed)
         chunked = run_in_chunks(
             lambda samples: evaluate(self.candidate, names, samples=samples, **options),
