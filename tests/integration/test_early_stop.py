@@ -128,3 +128,19 @@ def test_generation_tasks_and_pooled_tasks_stop_too_and_nothing_partial_is_cache
     assert pooled["n"] == 50 and {t["task"] for t in pooled["details"]["per_task"]} == {"big_mc", "big_mc2"}
     # Only the base's full runs are cached (one entry per task): the candidate's partial runs never are.
     assert len(list((cache / "results" / "retention-base").rglob("*.json"))) == 3
+
+
+def test_the_training_callbacks_retention_checks_stop_early_too(models, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_forgetguard.integrations.transformers import ForgetguardCallback
+
+    suite = tmp_path / "forgetguard.yaml"
+    suite.write_text(SUITE.format(task="big_mc", tasks=models["tasks"], extra=""))
+    model = AutoModelForCausalLM.from_pretrained(models["damaged"])
+    watch = ForgetguardCallback(str(suite), base=str(models["base"]), retention_every=1, trajectory=False)
+    watch.setup(model, AutoTokenizer.from_pretrained(models["damaged"]))
+    with pytest.warns(Warning, match="mc"):  # over its allowance: the callback warns, training goes on
+        watch.measure(0, retention=True)
+    mc = watch.history[-1]["checks"]["mc"]
+    assert mc["passed"] is False and mc["n"] == 50  # the same early stop as in the gate
