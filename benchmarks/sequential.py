@@ -8,7 +8,9 @@ On the real model (SmolLM2-135M-Instruct, float32), for candidates made from it 
 - ``facts``: the shipped probes fg_capitals + fg_elements pooled (302 four-way questions, acc,
   max_drop 0.10 — the example suite's check);
 - ``code``: the shipped fg_code_ppl probe (100 documents, bits per byte, max_drop_relative 0.03);
-- ``arith``: a 1,200-item four-way arithmetic task written by this script (acc, max_drop 0.05),
+- ``arith``: a 1,200-item four-way arithmetic task written by this script (acc, max_drop 0.05);
+- ``copy``: a 1,200-item four-way task the model does well (name the k-th of three words just seen),
+  written by this script (acc, max_drop 0.05): where damage shows on a large task,
 
 each candidate is checked twice in this process, both models loaded once and the base's results cached
 (as in CI): with early stopping (the default) and with every item (``stop_early=False``, the full
@@ -32,7 +34,10 @@ CHECKS = {
     "facts": {"task": ["fg_capitals", "fg_elements"], "metric": "acc", "max_drop": 0.10},
     "code": {"task": "fg_code_ppl", "metric": "bits_per_byte", "max_drop_relative": 0.03},
     "arith": {"task": "fg_arith1200", "metric": "acc", "max_drop": 0.05, "include_path": "{tasks}"},
+    "copy": {"task": "fg_copy1200", "metric": "acc", "max_drop": 0.05, "include_path": "{tasks}"},
 }
+WORDS = ("apple river stone cloud table garden window pencil silver forest candle bridge mirror rocket "
+         "lemon castle violin harbor meadow basket tiger falcon copper marble anchor").split()  # fmt: skip
 
 
 def write_arith_task(folder: Path, n: int = 1200, seed: int = 7) -> Path:
@@ -57,6 +62,27 @@ def write_arith_task(folder: Path, n: int = 1200, seed: int = 7) -> Path:
         encoding="utf-8",
     )
     return folder
+
+
+def write_copy_task(folder: Path, n: int = 1200, seed: int = 8) -> None:
+    """A four-way task of ``n`` items a small model does well (repeat a word seen in the prompt), so that
+    damage shows: "Words: w1 w2 w3. The second word was:" with the three words and one other as choices."""
+    rng = random.Random(seed)
+    ordinal = ("first", "second", "third")
+    with open(folder / "copy1200.jsonl", "w", encoding="utf-8") as fh:
+        for _ in range(n):
+            words = rng.sample(WORDS, 4)
+            k = rng.randrange(3)
+            choices = words[:]
+            rng.shuffle(choices)
+            fh.write(json.dumps({"question": f"Words: {' '.join(words[:3])}. The {ordinal[k]} word was",
+                                 "choices": choices, "label": choices.index(words[k])}) + "\n")  # fmt: skip
+    text = (folder / "arith1200.yaml").read_text(encoding="utf-8")
+    (folder / "copy1200.yaml").write_text(
+        text.replace("fg_arith1200", "fg_copy1200").replace("arith1200.jsonl", "copy1200.jsonl")
+        .replace('"Question: {{question}}\\nAnswer:"', '"{{question}}"'),
+        encoding="utf-8",
+    )  # fmt: skip
 
 
 def noisy_copy(base: Path, out: Path, scale: float, seed: int = 0) -> Path:
@@ -117,6 +143,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tasks = write_arith_task(args.out / "tasks")
+    write_copy_task(tasks)
     log = args.out / "sequential.jsonl"
     done = {}
     if log.exists():
