@@ -129,8 +129,10 @@ def invalid_task_run(payload: Any, task: str) -> str | None:
             return f"item {i} is not a mapping"
         if isinstance(item.get("doc_id"), bool) or not isinstance(item.get("doc_id"), int):
             return f"item {i} has no integer doc_id"
-        if not all(isinstance(item.get(k), str) for k in ("doc_hash", "prompt_hash", "filter")):
-            return f"item {i} has no doc_hash, prompt_hash or filter"
+        if not isinstance(item.get("doc_hash"), str) or not isinstance(item.get("filter"), str):
+            return f"item {i} has no doc_hash or filter"
+        if not isinstance(item.get("prompt_hash"), str):  # early stopping pairs a chunk's prompts with these
+            return f"written by an earlier forgetguard (item {i} has no prompt_hash)"
         metrics = item.get("metrics")
         if not isinstance(metrics, dict):
             return f"item {i} has no metrics"

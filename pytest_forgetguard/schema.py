@@ -216,8 +216,9 @@ RETENTION_KEYS: dict[str, Key] = {
     ),
     "min_items": Key(
         ("integer",),
-        "items the candidate is evaluated on before the first look (later looks at 1.5x as many, and so on)",
-        default=50,
+        "items the candidate is evaluated on before the first look (later looks at 1.5x as many, and so on); "
+        "given above the task's size, every item is evaluated, with a note",
+        default_doc="`50`",
         minimum=1,
     ),
     "num_fewshot": Key(("integer",), "few-shot examples per prompt", default_doc="the task's own", minimum=0),
