@@ -272,6 +272,9 @@ class History:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             with closing(sqlite3.connect(tmp, isolation_level=None)) as conn:
+                # WAL from the start (it is kept in the file): writers that open the new file together never
+                # each try to switch its journal mode, which needs a lock SQLite will not wait for.
+                conn.execute("PRAGMA journal_mode = WAL")
                 conn.executescript(_SCHEMA)
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             os.chmod(tmp, file_mode())
@@ -286,7 +289,7 @@ class History:
                 "with --fg-history / --history)"
             ) from None
         finally:
-            for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            for leftover in (tmp, *(tmp.with_name(tmp.name + suffix) for suffix in ("-journal", "-wal", "-shm"))):
                 leftover.unlink(missing_ok=True)
 
     def move_aside(self) -> Path:
