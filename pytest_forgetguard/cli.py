@@ -31,14 +31,16 @@ from typing import Any
 from .errors import ForgetguardError
 
 
-def _default_history() -> Path | None:
+def _default_history() -> str | Path:
+    """$FORGETGUARD_HISTORY (a path or a URL), else the plugin's history.sqlite in the cache directory."""
     import os
 
-    from .history import default_history_path
     from .settings import default_cache_dir
 
+    if os.environ.get("FORGETGUARD_HISTORY"):
+        return os.environ["FORGETGUARD_HISTORY"]
     root = os.environ.get("FORGETGUARD_CACHE_DIR")
-    return default_history_path(Path(root).expanduser() if root else default_cache_dir())
+    return (Path(root).expanduser() if root else default_cache_dir()) / "history.sqlite"
 
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -48,9 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--history",
-        type=Path,
         default=None,
-        help="the run history (default: $FORGETGUARD_HISTORY, else the plugin's history.sqlite in the cache directory)",
+        metavar="PATH|URL",
+        help="the run history: a SQLite file, sqlite:///path or postgresql://user@host:port/db (default: "
+        "$FORGETGUARD_HISTORY, else the plugin's history.sqlite in the cache directory)",
+    )
+    common.add_argument(
+        "--project",
+        default=None,
+        help="only this project's runs (and those recorded before projects); import: put the runs in it "
+        "(default: every project)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     parser = argparse.ArgumentParser(
@@ -74,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", type=Path, default=None, help="write here (default: stdout)")
     p = sub.add_parser("import", parents=[common], help="add runs from JSONL exports (each run once)")
     p.add_argument("files", nargs="+", type=Path)
+    p = sub.add_parser(
+        "migrate",
+        help="copy a whole history into another (SQLite <-> PostgreSQL), checking the row counts",
+        description="Copy every run of --from into --to in one transaction (runs already there are not added "
+        "twice), then check that --to holds every run and check row of --from.",
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="PATH|URL", help="the history to copy")
+    p.add_argument("--to", dest="target", required=True, metavar="PATH|URL", help="the history to copy into")
+    p.add_argument("--project", default=None, help="copy only this project's runs (default: every project)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -160,12 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plan(args)
     from .history import History
 
-    path = args.history or _default_history()
-    if path is None:
-        print("forgetguard: no history: caching is off; pass --history PATH", file=sys.stderr)
-        return 1
-    history = History(path)
     try:
+        if args.command == "migrate":
+            return _migrate(args)
+        history = History(args.history or _default_history(), project=args.project)
         if args.command == "history":
             return _history(history, args)
         if args.command == "calibrate":
@@ -359,6 +376,7 @@ def _history(history: Any, args: argparse.Namespace) -> int:
             "base_fingerprint": r.base_fingerprint,
             "complete": when[r.run_id].complete,
             "incomplete_reason": when[r.run_id].incomplete_reason,
+            "project": r.project,
         }
         for r in rows
     ]
@@ -375,7 +393,12 @@ def _history(history: Any, args: argparse.Namespace) -> int:
         ]
         for d in data
     ]
-    return _out(args, data, table, ["time", "commit", "check", "candidate", "metric", "value", "budget", "verdict"])
+    headers = ["time", "commit", "check", "candidate", "metric", "value", "budget", "verdict"]
+    if len({d["project"] for d in data}) > 1:  # a shared history read across projects: say whose each run is
+        headers.insert(2, "project")
+        for row, d in zip(table, data):
+            row.insert(2, d["project"] or "-")
+    return _out(args, data, table, headers)
 
 
 def _number(x: Any) -> str:
@@ -494,7 +517,25 @@ def _import(history: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"added": added, "already_there": skipped}))
     else:
-        print(f"imported {added} runs into {history.path} ({skipped} already there)")
+        print(f"imported {added} runs into {history.location} ({skipped} already there)")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from .history import History, copy_history
+
+    source = History(args.source, project=args.project)
+    target = History(args.target)
+    if source.location == target.location:
+        raise ForgetguardError(f"--from and --to are the same history ({source.location})")
+    added, skipped, (runs, checks) = copy_history(source, target)
+    if args.json:
+        print(json.dumps({"runs": runs, "checks": checks, "added": added, "already_there": skipped}))
+    else:
+        print(
+            f"copied {source.location} to {target.location}: {runs} runs and {checks} check rows, all there "
+            f"({added} added, {skipped} already there)"
+        )
     return 0
 
 

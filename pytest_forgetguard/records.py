@@ -36,9 +36,14 @@ def column_labels(cands: list[str]) -> list[str]:
 
 
 def _clean(x: Any) -> Any:
-    """NaN/inf are not JSON: report them as strings so they are visible, not null."""
+    """NaN/inf are not JSON: report them as strings so they are visible, not null — also inside nested
+    details (a forecast's interval is infinite when its points are too few for the coverage)."""
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
     return x
 
 

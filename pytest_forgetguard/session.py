@@ -72,6 +72,7 @@ class ForgetguardSession:
         self.history_notice: str | None = None  # an unreadable history was moved aside (said on every surface)
         self.history_unusable: str | None = None  # why this run neither reads nor writes the history
         self.history_damaged: str | None = None  # a read failed mid-run: the writer heals it at the end
+        self.history_unavailable = False  # the history's server could not be reached: the verdicts decide the exit
 
     @property
     def store(self) -> "ModelStore":
@@ -271,21 +272,32 @@ class ForgetguardSession:
             except OSError as exc:
                 raise ModelLoadError(f"cannot remove the old report {path}: {exc.strerror or exc}") from None
 
+    def _history(self) -> Any:
+        """The run history of this run (scoped to its project), or None when it is off."""
+        from .history import History
+
+        where = self.settings.history_location
+        return None if where is None else History(where, project=self.settings.project)
+
     def check_history(self) -> None:
-        """At the start of the run (by the process that writes the history): a history that cannot be read is
-        moved aside, never deleted, and a fresh one starts; one of another schema is left alone, unused.
+        """At the start of the run (by the process that writes the history): a file that cannot be read is
+        moved aside, never deleted, and a fresh one starts; one of another schema, or a server that cannot be
+        reached, is left alone, unused.
 
         Either way the gate runs: retention checks measure instead of forecasting, and every report says so.
         """
-        from .history import History, HistoryError, HistoryUnreadable
+        from .history import HistoryError, HistoryUnavailable, HistoryUnreadable
 
-        path = self.settings.history_path
-        if path is None or not path.exists():
+        history = self._history()
+        if history is None or (history.path is not None and not history.path.exists()):
             return
         try:
-            History(path).verify()
+            history.verify()
         except HistoryUnreadable as exc:
             self.heal_history(str(exc))
+        except HistoryUnavailable as exc:
+            self.history_unusable = f"{exc}; this run neither reads nor records it"
+            self.history_unavailable = True
         except (HistoryError, OSError) as exc:
             self.history_unusable = f"{exc}; it is left as it is, and this run neither reads nor writes it"
 
@@ -296,13 +308,14 @@ class ForgetguardSession:
 
     def heal_history(self, why: str) -> None:
         """Move the unreadable history aside (once) and say so on every surface."""
-        from .history import History
-
-        path = self.settings.history_path
-        if path is None or self.history_notice is not None or self.history_unusable is not None:
+        history = self._history()
+        if history is None or history.path is None or self.history_notice is not None:
             return
+        if self.history_unusable is not None:
+            return
+        path = history.path
         try:
-            aside = History(path).move_aside()
+            aside = history.move_aside()
         except OSError as exc:
             self.history_unusable = f"{why}; it could not be moved aside ({exc.strerror or exc})"
             return
@@ -315,16 +328,22 @@ class ForgetguardSession:
     def history_rows(self, series: Sequence[str], base_fingerprint: str | None) -> list[Any]:
         """The history's rows of these series and this base (empty when there is none, it is off, or it cannot
         be read: a check then measures instead of forecasting, with a warning)."""
-        from .history import History, HistoryError
+        from .history import HistoryError, HistoryUnreadable
 
-        path = self.settings.history_path
-        if path is None or self.history_unusable is not None or not path.exists():
+        history = self._history()
+        if history is None or self.history_unusable is not None:
             return []
         try:
-            return History(path).rows(series=series, base_fingerprint=base_fingerprint, records=False)
-        except HistoryError as exc:
+            if not history.exists():
+                return []
+            rows: list[Any] = history.rows(series=series, base_fingerprint=base_fingerprint, records=False)
+            return rows
+        except HistoryUnreadable as exc:  # damage: the writer moves the file aside at the end of the run
             context.warn(f"{HISTORY_UNREADABLE} ({exc}); this check is measured")
             self.history_damaged = str(exc)
+            return []
+        except HistoryError as exc:  # a lock, a server gone away: left alone
+            context.warn(f"forgetguard could not use the run history ({exc}); this check is measured")
             return []
 
     def mark_incomplete(self, reason: str) -> None:
@@ -336,11 +355,12 @@ class ForgetguardSession:
 
         An unfinished run is kept, marked incomplete: shown by ``forgetguard history``, never calibrated on.
         """
-        from .history import History, HistoryError, HistoryUnreadable, Run, git_commit
+        from .history import HistoryError, HistoryUnavailable, HistoryUnreadable, Run, git_commit
 
-        path = self.settings.history_path
+        history = self._history()
+        path = None if history is None else history.location
         records = self.results
-        if path is None:
+        if history is None:
             self.history_status.update(path=None, written=False, reason="no history (--fg-no-history or --fg-no-cache)")
             return None
         if not records:
@@ -348,7 +368,7 @@ class ForgetguardSession:
             return None
         if self.history_unusable is not None:
             self.history_status.update(path=str(path), written=False, reason=self.history_unusable)
-            raise HistoryError(self.history_unusable)
+            raise (HistoryUnavailable if self.history_unavailable else HistoryError)(self.history_unusable)
         damaged = self.history_damaged or next(  # found by this process, or by an xdist worker's check
             (w for r in records for w in r.details.get("warnings", []) if str(w).startswith(HISTORY_UNREADABLE)), None
         )
@@ -358,10 +378,10 @@ class ForgetguardSession:
             git_commit=git_commit(rootdir), complete=self.incomplete_reason is None, reason=self.incomplete_reason
         )
         try:
-            History(path).add_run(run, records)
+            history.add_run(run, records)
         except HistoryUnreadable as exc:  # damaged where this run's reads did not look: heal, write afresh
             self.heal_history(str(exc))
-            History(path).add_run(run, records)
+            history.add_run(run, records)
         self.history_status.update(path=str(path), written=True, reason=None)
         return str(path)
 

@@ -21,8 +21,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ForgetguardError
+from .history.location import Location, parse_location
 
 DEFAULT_SEED = 1234
 DEVICES_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -58,8 +60,11 @@ class Settings:
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: caching off
     seed: int | None = None
     trust_remote_code: bool = False
-    # The run history (SQLite), when given explicitly; read it through history_path.
-    history: Path | None = None
+    # The run history (a SQLite file or a PostgreSQL URL), when given explicitly; read it through
+    # history_location.
+    history: Location | None = None
+    # The project the run is recorded under (rows of other projects are not read); None: every project's.
+    project: str | None = None
     no_history: bool = False
     # Run every retention check, also those a forecast could decide (nightly, release).
     no_forecast_skip: bool = False
@@ -68,17 +73,17 @@ class Settings:
     alpha: float | None = None
 
     @property
-    def history_path(self) -> Path | None:
-        """The run history: the given path, else ``history.sqlite`` in the cache directory; None when off.
+    def history_location(self) -> Location | None:
+        """The run history: the given path or URL, else ``history.sqlite`` in the cache directory; None when off.
 
-        >>> Settings(cache_dir=Path("/c")).history_path, Settings(cache_dir=None).history_path
-        (PosixPath('/c/history.sqlite'), None)
+        >>> Settings(cache_dir=Path("/c")).history_location.display, Settings(cache_dir=None).history_location
+        ('/c/history.sqlite', None)
         """
         if self.no_history:
             return None
         if self.history is not None:
             return self.history
-        return None if self.cache_dir is None else self.cache_dir / "history.sqlite"
+        return None if self.cache_dir is None else parse_location(self.cache_dir / "history.sqlite")
 
     def resolved_device(self, suite_device: str | None = None) -> str:
         """The device to load on: the option, else the suite file's, else ``auto``.
@@ -274,10 +279,8 @@ def resolve(
         if cache_dir.exists() and not cache_dir.is_dir():
             raise SettingsError("--fg-cache-dir", f"{cache_dir} exists and is not a directory")
 
-    raw_history = _first(cli.get("history"), env.get("FORGETGUARD_HISTORY"), ini_path(ini.get("history")))
-    history = Path(str(raw_history)).expanduser() if raw_history else None
-    if history is not None and history.is_dir():
-        raise SettingsError("--fg-history", f"{history} is a directory; give a file path")
+    history = _history(cli, env, ini_path(ini.get("history")))
+    project = _project(_first(cli.get("project"), env.get("FORGETGUARD_PROJECT"), ini.get("project")))
     no_forecast_skip = _flag(cli, env, ini, "no_forecast_skip", "FORGETGUARD_NO_FORECAST_SKIP")
     no_early_stop = _flag(cli, env, ini, "no_early_stop", "FORGETGUARD_NO_EARLY_STOP")
 
@@ -326,8 +329,53 @@ def resolve(
         seed=seed,
         trust_remote_code=bool(cli.get("trust_remote_code")),
         history=history,
+        project=project,
         no_history=bool(cli.get("no_history")),
         no_forecast_skip=no_forecast_skip,
         no_early_stop=no_early_stop,
         alpha=alpha,
     )
+
+
+def _history(cli: Mapping[str, Any], env: Mapping[str, str], ini: object) -> Location | None:
+    """The run history named by --fg-history, FORGETGUARD_HISTORY or the ini key: a path or a URL, checked
+    now (a typo in a URL, or a PostgreSQL history without its driver, is a usage error before models load)."""
+    from .history.location import LocationError
+
+    flag = (
+        "--fg-history"
+        if cli.get("history")
+        else "FORGETGUARD_HISTORY"
+        if env.get("FORGETGUARD_HISTORY")
+        else ("forgetguard_history")
+    )
+    raw = _first(cli.get("history"), env.get("FORGETGUARD_HISTORY"), ini)
+    if not raw:
+        return None
+    try:
+        location = parse_location(str(raw))
+    except LocationError as exc:
+        raise SettingsError(flag, str(exc)) from None
+    if location.path is not None and location.path.is_dir():
+        raise SettingsError(flag, f"{location.path} is a directory; give a file path")
+    if location.kind == "postgresql":
+        import importlib.util
+
+        from .history.postgres import INSTALL_HINT
+
+        if importlib.util.find_spec("psycopg") is None:
+            raise SettingsError(flag, f"{location.display} needs the PostgreSQL driver: {INSTALL_HINT}")
+    return location
+
+
+def _project(raw: object) -> str | None:
+    """A project name: printable, at most 200 characters (None: the plugin uses the rootdir's name)."""
+    if raw is None or raw == "":
+        return None
+    name = str(raw).strip()
+    if not name or len(name) > 200 or not name.isprintable():
+        raise SettingsError(
+            "--fg-project",
+            f"{raw!r} is not a project name: 1 to 200 printable characters (default: the rootdir's name)",
+        )
+    return name

@@ -16,10 +16,11 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==2.13.0"
 fi
 # Reinstall when pyproject.toml changed since the last install (new dependencies), not only when
-# the package is missing.
+# the package is missing. psycopg (the PostgreSQL history and its tests) comes with the dev extra's
+# postgresql extra.
 STAMP="$VENV/.forgetguard-deps"
 WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c "import pytest_forgetguard" 2>/dev/null; then
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c "import pytest_forgetguard, psycopg" 2>/dev/null; then
     echo "setup: installing pytest-forgetguard and its dependencies"
     "${PIP[@]}" install -e ".[dev]"
     echo "$WANT" > "$STAMP"

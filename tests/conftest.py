@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 from builders import build_lora, build_tiny_model, build_tokenizer
 
+# A real PostgreSQL server for the history's tests: the pg_server and pg_url fixtures (tests/postgres.py).
+pytest_plugins = ["postgres"]
+
 # Tests never touch the network: hub SPECs must fail fast and clearly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

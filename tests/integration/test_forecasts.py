@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def calibrated(tiny, tmp_path_factory):
     kl_of = {c["record"]["candidate"]: c["record"]["value"] for c in line["checks"] if c["record"]["kind"] == "kl"}
     for i, c in enumerate(c for c in line["checks"] if c["record"]["kind"] == "retention"):
         c["record"]["details"]["drop"] = 0.5 * kl_of[c["record"]["candidate"]] * (1 + 0.05 * ((i * 7) % 5 - 2))
+    line["run"]["project"] = None  # measured in the folder "project": shared with every project, as older runs are
     related = root / "related.sqlite"
     assert History(related).import_jsonl([json.dumps(line)]) == (1, 0)
     return {"models": models, "history": related, "measured": history, "cache": root / "cache", "base": tiny["base"]}
@@ -89,7 +91,8 @@ def run(pytester, calibrated, candidate, *args, kl_budget=100, max_drop=10, hist
     shutil.copy(history or calibrated["history"], copy)
     result = pytester.runpytest(
         *forgetguard_args(calibrated["base"], calibrated["models"][candidate], cache=calibrated["cache"]),
-        f"--fg-history={copy}", "--fg-report-json=r.json", "--junitxml=junit.xml", "-p", "no:cacheprovider", *args,
+        f"--fg-history={copy}", "--fg-report-json=r.json", "--junitxml=junit.xml", "-p", "no:cacheprovider",
+        "--fg-project=project", *args,  # the project the calibrated history was measured in (its folder's name)
     )  # fmt: skip
     rows = {r["name"]: r for r in json.loads((pytester.path / "r.json").read_text())["checks"]}
     return result, rows.get("keeps-bpb"), copy
@@ -248,3 +251,74 @@ def test_a_damaged_history_never_stops_a_forecast_check_it_is_measured(pytester,
     assert len(History(history).runs()) == 1  # a fresh history holds this run
     report = json.loads((pytester.path / "r.json").read_text())
     assert report["history"]["moved_aside"] == str(aside) and report["notices"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def shared(request, tmp_path):
+    """One history two machines write to: a SQLite file both can reach, or a PostgreSQL database."""
+    return str(tmp_path / "shared.sqlite") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def test_two_machines_share_one_history_and_the_second_forecasts_from_the_first(calibrated, shared, tmp_path):
+    """Two CI-like runs (separate processes, checkouts and caches) on one history: machine A shares the
+    evidence it measured and runs its gate; machine B, starting from an empty cache, sees A's runs and its
+    check is decided by forecast from A's evidence."""
+    export = tmp_path / "a-evidence.jsonl"
+    with open(export, "w", encoding="utf-8") as fh:
+        History(calibrated["history"]).export_jsonl(fh)
+    machines = {}
+    for name in ("a", "b"):
+        checkout = tmp_path / name / "finetunes"  # the same repository checked out on two machines
+        checkout.mkdir(parents=True)
+        write_project(checkout)
+        machines[name] = checkout
+
+    def on(machine, *cmd):
+        env = {**os.environ, "FORGETGUARD_CACHE_DIR": str(tmp_path / machine / "cache")}
+        env.pop("FORGETGUARD_HISTORY", None)
+        return subprocess.run(cmd, cwd=machines[machine], env=env, capture_output=True, text=True, timeout=900)
+
+    forgetguard = [sys.executable, "-m", "pytest_forgetguard.cli"]
+    done = on("a", *forgetguard, "import", "--history", shared, "--project", "finetunes", str(export))
+    assert done.returncode == 0, done.stderr
+    gate = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        f"--fg-history={shared}",
+        "--fg-report-json=r.json",
+    ]
+    done = on("a", *gate, *forgetguard_args(calibrated["base"], calibrated["models"]["c3"]))
+    assert done.returncode == 0, done.stdout[-3000:]
+    done = on("b", *gate, *forgetguard_args(calibrated["base"], calibrated["models"]["new"]), "-v")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "PASS (forecast)" in done.stdout and "fgpw" not in done.stdout + done.stderr
+    rows = {r["name"]: r for r in json.loads((machines["b"] / "r.json").read_text())["checks"]}
+    assert rows["keeps-bpb"]["details"]["decided_by"] == "forecast"
+    assert rows["keeps-bpb"]["details"]["forecast"]["n"] >= 20  # A's twenty measured candidates
+    assert not (tmp_path / "b" / "cache" / "history.sqlite").exists()  # B kept nothing of its own
+    seen = json.loads(on("a", *forgetguard, "history", "--history", shared, "--project", "finetunes", "--json").stdout)
+    by_run = {}
+    for r in seen:
+        by_run.setdefault(r["run_id"], set()).add(r["candidate"])
+    assert len(by_run) == 3  # the shared evidence, A's gate run and B's, each seen from A
+    assert [str(calibrated["models"]["new"])] in [sorted(c) for c in by_run.values()]
+    assert {r["project"] for r in seen} == {"finetunes"}
+
+
+@pytest.mark.postgres
+def test_a_history_server_that_is_down_means_measuring_and_the_verdicts_stand(pytester, calibrated, pg_server):
+    write_project(pytester.path)
+    down = pg_server.url("nothing", user="fg").replace(f":{pg_server.port}/", ":1/")
+    result = pytester.runpytest(
+        *forgetguard_args(calibrated["base"], calibrated["models"]["new"], cache=calibrated["cache"]),
+        f"--fg-history={down}", "--fg-report-json=r.json", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    data = json.loads((pytester.path / "r.json").read_text())
+    row = {r["name"]: r for r in data["checks"]}["keeps-bpb"]
+    assert row["details"]["decided_by"] == "measurement" and row["passed"] is True
+    assert data["history"]["written"] is False and "cannot connect" in data["history"]["reason"]
+    assert any("cannot connect to the run history postgresql://fg:***@" in n for n in data["notices"])

@@ -124,7 +124,7 @@ def test_a_file_that_is_not_a_history_or_of_another_schema_is_a_clear_error(tmp_
     History(old).add_run(Run.now(), [kl("a", 0.1)])
     with sqlite3.connect(old) as conn:
         conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema'")
-    with pytest.raises(HistoryError, match="schema 0, not 2"):
+    with pytest.raises(HistoryError, match="schema 0, which no release wrote"):
         History(old).rows()
     with pytest.raises(HistoryError, match="no run history at .* yet"):
         History(tmp_path / "missing.sqlite").rows()
@@ -191,7 +191,7 @@ def test_a_schema_1_history_upgrades_in_place_and_keeps_its_runs(tmp_path):
     assert (run.run_id, run.host, run.complete, run.incomplete_reason) == ("old-run", "ci-7", True, None)
     assert [r.value for r in h.rows()] == [0.1]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
     assert h.add_run(Run.now(complete=False, reason="interrupted"), [kl("b", 0.2)])
     assert [r.complete for r in h.runs()] == [True, False]
 

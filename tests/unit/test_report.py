@@ -136,3 +136,15 @@ def test_retention_rows_put_the_drop_next_to_the_allowed_drop_and_say_when_it_wa
         {"spec": "runs/a/ckpt-1", "fingerprint": "a"}])  # fmt: skip
     assert "| base `base.gguf` | `models/base.gguf` | `f` |" in md  # the full SPEC once, in the models table
     assert "\\* facts [ckpt-1]: inconclusive at alpha 0.05" in md
+
+
+def test_an_infinite_number_inside_nested_details_is_written_as_text(tmp_path):
+    """A forecast from too few points for its coverage has an infinite interval: the JSON report shows it as
+    "-inf"/"inf" (found by a gate whose forecast decided on an upper bound at alpha with such an interval)."""
+    forecast = {"drop": 0.004, "low": float("-inf"), "high": float("inf"), "upper": 0.0155, "n": 19}
+    r = rec(kind="retention", details={"forecast": forecast, "looks": [1.0, float("nan")]})
+    path = tmp_path / "r.json"
+    write_json(path, json_report([r], {}, []))
+    row = json.loads(path.read_text())["checks"][0]
+    assert row["details"]["forecast"]["low"] == "-inf" and row["details"]["forecast"]["high"] == "inf"
+    assert row["details"]["looks"] == [1.0, "nan"]
