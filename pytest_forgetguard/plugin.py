@@ -19,7 +19,7 @@ import pytest
 from . import context
 from .errors import CheckFailed, ForgetguardError, headline
 from .session import ForgetguardSession
-from .settings import DEFAULT_SEED, SettingsError, device_problem, resolve
+from .settings import SettingsError, device_problem, resolve
 from .stash import HISTORY_KEY, ORDER_KEY, PROGRESS_KEY, PYTEST_SESSION_KEY, QUIET_KEY, SESSION_KEY
 
 if TYPE_CHECKING:
@@ -31,37 +31,6 @@ if TYPE_CHECKING:
 _PROPERTY_KEYS = ("value", "budget", "ci_low", "ci_high", "n", "base_value", "delta", "p_value")
 SKIP_REASON = "forgetguard is off: run pytest with --forgetguard to enable it"
 
-# (flag, dest, ini key, help)
-_VALUE_OPTIONS = (
-    (
-        "--fg-base",
-        "base",
-        "forgetguard_base",
-        "reference model SPEC (directory, PEFT adapter, .gguf, hub id); env FORGETGUARD_BASE",
-    ),
-    ("--fg-device", "device", "forgetguard_device", "cpu, cuda, cuda:N, mps or auto (default: cuda if available)"),
-    (
-        "--fg-dtype",
-        "dtype",
-        "forgetguard_dtype",
-        "float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on CUDA)",
-    ),
-    (
-        "--fg-cache-dir",
-        "cache_dir",
-        "forgetguard_cache_dir",
-        "where base results and converted models are cached; env FORGETGUARD_CACHE_DIR",
-    ),
-    ("--fg-seed", "seed", "forgetguard_seed", f"seed for all sampling (default {DEFAULT_SEED}, so runs repeat)"),
-    (
-        "--fg-alpha",
-        "alpha",
-        "forgetguard_alpha",
-        "retention verdicts' error rate: at most this share of candidates whose drop is at the allowance pass "
-        "(default 0.05; over each check's own alpha); env FORGETGUARD_ALPHA",
-    ),
-)
-
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspecs
@@ -70,98 +39,30 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Every option from the one table (:data:`pytest_forgetguard.options.OPTIONS`)."""
+    from .options import OPTIONS
+
     group = parser.getgroup("forgetguard", "forgetguard: gate fine-tunes on drift from their base")
-    group.addoption("--forgetguard", action="store_true", dest="fg_enabled", help="enable forgetguard checks")
-    for flag, dest, ini, text in _VALUE_OPTIONS:
-        group.addoption(flag, dest=f"fg_{dest}", metavar=dest.upper(), help=text)
-        parser.addini(ini, help=text.split(";")[0], default=None)
-    group.addoption(
-        "--fg-candidate",
-        action="append",
-        dest="fg_candidates",
-        metavar="SPEC",
-        default=None,
-        help="model under test (repeatable: several candidates parametrize every check); env FORGETGUARD_CANDIDATE (comma-separated)",
-    )
-    parser.addini("forgetguard_candidate", type="linelist", help="models under test, one per line", default=[])
-    group.addoption("--fg-report-json", dest="fg_report_json", metavar="PATH", help="write the JSON report here")
-    group.addoption(
-        "--fg-report-md",
-        dest="fg_report_md",
-        metavar="PATH",
-        help="write a Markdown report (pull-request comment) here",
-    )
-    group.addoption("--fg-no-cache", action="store_true", dest="fg_no_cache", help="do not read or write the cache")
-    group.addoption(
-        "--fg-history",
-        dest="fg_history",
-        metavar="PATH|URL",
-        help="the run history: a SQLite file (default history.sqlite in the cache directory), sqlite:///path or "
-        "postgresql://user@host:port/db (password from PGPASSWORD or ~/.pgpass); env FORGETGUARD_HISTORY",
-    )
-    parser.addini("forgetguard_history", help="the run history (a SQLite file or a postgresql:// URL)", default=None)
-    group.addoption(
-        "--fg-project",
-        dest="fg_project",
-        metavar="NAME",
-        help="the project this run is recorded under in a shared history (default: the rootdir's name); "
-        "env FORGETGUARD_PROJECT",
-    )
-    parser.addini("forgetguard_project", help="the project runs are recorded under (default: the rootdir's name)")
-    group.addoption("--fg-no-history", action="store_true", dest="fg_no_history", help="do not record this run")
-    group.addoption(
-        "--fg-no-forecast-skip",
-        action="store_true",
-        dest="fg_no_forecast_skip",
-        help="run every retention check, also those a forecast could decide; env FORGETGUARD_NO_FORECAST_SKIP",
-    )
-    parser.addini(
-        "forgetguard_no_forecast_skip", type="bool", default=False, help="run every retention check (no forecast skip)"
-    )
-    group.addoption(
-        "--fg-no-early-stop",
-        action="store_true",
-        dest="fg_no_early_stop",
-        help="evaluate every item of every retention check (no early stop; for audits and benchmarks); "
-        "env FORGETGUARD_NO_EARLY_STOP",
-    )
-    parser.addini(
-        "forgetguard_no_early_stop", type="bool", default=False, help="evaluate every retention item (no early stop)"
-    )
-    group.addoption(
-        "--fg-trust-remote-code",
-        action="store_true",
-        dest="fg_trust_remote_code",
-        help="allow models to run code from their repository (off by default)",
-    )
+    for o in OPTIONS:
+        if o.kind == "flag":
+            group.addoption(o.flag, action="store_true", dest=o.dest, help=o.full_help())
+        elif o.kind == "list":
+            group.addoption(o.flag, action="append", dest=o.dest, metavar=o.metavar, default=None, help=o.full_help())
+        else:
+            group.addoption(o.flag, dest=o.dest, metavar=o.metavar, help=o.full_help())
+        if o.ini:
+            ini_type = {"flag": "bool", "list": "linelist"}.get(o.kind)
+            default = {"flag": False, "list": []}.get(o.kind)
+            parser.addini(o.ini, type=ini_type, default=default, help=o.help)  # type: ignore[arg-type]
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's junitxml plugin reads --junitxml (see _launch)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "forgetguard: a forgetguard check (needs --forgetguard)")
-    cli = {
-        "enabled": config.getoption("fg_enabled"),
-        "candidates": config.getoption("fg_candidates"),
-        "report_json": config.getoption("fg_report_json"),
-        "report_md": config.getoption("fg_report_md"),
-        "no_cache": config.getoption("fg_no_cache"),
-        "history": config.getoption("fg_history"),
-        "project": config.getoption("fg_project"),
-        "no_history": config.getoption("fg_no_history"),
-        "no_forecast_skip": config.getoption("fg_no_forecast_skip"),
-        "no_early_stop": config.getoption("fg_no_early_stop"),
-        "trust_remote_code": config.getoption("fg_trust_remote_code"),
-    }
-    ini: dict[str, Any] = {
-        "candidates": config.getini("forgetguard_candidate"),
-        "history": config.getini("forgetguard_history"),
-        "project": config.getini("forgetguard_project") or None,
-        "no_forecast_skip": config.getini("forgetguard_no_forecast_skip"),
-        "no_early_stop": config.getini("forgetguard_no_early_stop"),
-    }
-    for _, dest, ini_key, _ in _VALUE_OPTIONS:
-        cli[dest] = config.getoption(f"fg_{dest}")
-        ini[dest] = config.getini(ini_key)
+    from .options import OPTIONS
+
+    cli = {o.field: config.getoption(o.dest) for o in OPTIONS}
+    ini: dict[str, Any] = {o.field: config.getini(o.ini) for o in OPTIONS if o.ini}
     ini_dir = Path(config.inipath).parent if config.inipath else None
     try:
         settings = resolve(cli, os.environ, ini, ini_dir)

@@ -21,10 +21,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import ForgetguardError
 from .history.location import Location, parse_location
+from .options import OPTION, pick
 
 DEFAULT_SEED = 1234
 DEVICES_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -202,14 +202,13 @@ def _first(*values: object) -> object:
     return None
 
 
-def _flag(
-    cli: Mapping[str, object], env: Mapping[str, str], ini: Mapping[str, object], key: str, variable: str
-) -> bool:
+def _flag(cli: Mapping[str, object], env: Mapping[str, str], ini: Mapping[str, object], field: str) -> bool:
     """An on/off option: the command line, the environment variable (1/0, true/false, yes/no) or the ini."""
-    raw = env.get(variable, "").strip().lower()
+    variable = OPTION[field].env
+    raw = env.get(variable, "").strip().lower() if variable else ""
     if raw not in ("", "0", "1", "true", "false", "yes", "no"):
-        raise SettingsError(variable, f"expected 1/0 or true/false, got {raw!r}")
-    return bool(cli.get(key)) or raw in ("1", "true", "yes") or bool(ini.get(key))
+        raise SettingsError(str(variable), f"expected 1/0 or true/false, got {raw!r}")
+    return bool(cli.get(field)) or raw in ("1", "true", "yes") or bool(ini.get(field))
 
 
 def resolve(
@@ -218,7 +217,8 @@ def resolve(
     ini: Mapping[str, object],
     ini_dir: Path | None = None,
 ) -> Settings:
-    """Merge raw option values (command line > environment > ini) and validate them.
+    """Merge raw option values (command line > environment > ini, as :mod:`.options` declares them) and
+    validate them.
 
     ``cli`` and ``ini`` are keyed by the setting's field name; ``env`` is the
     process environment. Ini paths are taken relative to ``ini_dir``.
@@ -231,17 +231,38 @@ def resolve(
                 return str(candidate)
         return v
 
-    base = _first(cli.get("base"), env.get("FORGETGUARD_BASE"), ini_path(ini.get("base")))
-    base_from = (
-        "--fg-base" if cli.get("base") else "FORGETGUARD_BASE" if env.get("FORGETGUARD_BASE") else "forgetguard_base"
+    paths = {k: ini_path(v) for k, v in ini.items() if k in ("base", "cache_dir", "history")}
+    ini = {**ini, **paths, "candidates": [str(ini_path(c)) for c in _as_list(ini.get("candidates"))]}
+    base, candidates = _models(cli, env, ini)
+    return Settings(
+        enabled=bool(cli.get("enabled")),
+        base=base,
+        candidates=candidates,
+        device=_choice(cli, env, ini, "device"),
+        dtype=_choice(cli, env, ini, "dtype"),
+        report_json=_report(cli, "report_json"),
+        report_md=_report(cli, "report_md"),
+        cache_dir=_cache_dir(cli, env, ini),
+        seed=_seed(cli, env, ini),
+        trust_remote_code=bool(cli.get("trust_remote_code")),
+        history=_history(*pick("history", cli, env, ini)),
+        project=_project(pick("project", cli, env, ini)[0]),
+        no_history=bool(cli.get("no_history")),
+        no_forecast_skip=_flag(cli, env, ini, "no_forecast_skip"),
+        no_early_stop=_flag(cli, env, ini, "no_early_stop"),
+        alpha=_alpha(cli, env, ini),
     )
-    cand_cli = [str(c) for c in _as_list(cli.get("candidates"))]
-    cand_env = _split_specs(env.get("FORGETGUARD_CANDIDATE", ""))
-    cand_ini = [str(ini_path(c)) for c in _as_list(ini.get("candidates"))]
-    candidates = tuple(cand_cli or cand_env or cand_ini)
-    cand_from = "--fg-candidate" if cand_cli else "FORGETGUARD_CANDIDATE" if cand_env else "forgetguard_candidate"
+
+
+def _models(
+    cli: Mapping[str, object], env: Mapping[str, str], ini: Mapping[str, object]
+) -> tuple[str | None, tuple[str, ...]]:
+    """The base and the candidates; with --forgetguard, a SPEC that cannot name a model is a usage error now,
+    before anything is collected or loaded."""
+    base, base_from = pick("base", cli, env, ini)
+    raw, cand_from = pick("candidates", cli, env, ini)
+    candidates = tuple(_split_specs(raw) if isinstance(raw, str) else [str(c) for c in _as_list(raw)])
     if cli.get("enabled"):
-        # A SPEC that cannot name a model is a usage error now, before anything is collected or loaded.
         from .models.spec import parse_spec
 
         for option, spec in [(base_from, base)] * bool(base) + [(cand_from, c) for c in candidates]:
@@ -249,107 +270,78 @@ def resolve(
                 parse_spec(str(spec))
             except ForgetguardError as exc:
                 raise SettingsError(option, str(exc)) from None
+    return (str(base) if base else None), candidates
 
-    # Device, dtype and seed stay None when no option gives them: a suite file may then set them.
-    device_raw = _first(cli.get("device"), ini.get("device"))
-    device = None if device_raw is None else str(device_raw).strip()
-    if device is not None and not DEVICES_RE.match(device):
-        raise SettingsError("--fg-device", f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-    dtype_raw = _first(cli.get("dtype"), ini.get("dtype"))
-    dtype = None if dtype_raw is None else str(dtype_raw).strip()
-    if dtype is not None and dtype not in DTYPES:
-        raise SettingsError("--fg-dtype", f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
 
-    seed_raw = _first(cli.get("seed"), ini.get("seed"))
-    seed: int | None = None
-    if seed_raw is not None:
-        try:
-            seed = int(str(seed_raw))
-        except ValueError:
-            raise SettingsError("--fg-seed", f"not an integer: {seed_raw!r}") from None
-        if seed < 0:
-            raise SettingsError("--fg-seed", f"must be >= 0, got {seed}")
+def _choice(cli: Mapping[str, object], env: Mapping[str, str], ini: Mapping[str, object], field: str) -> str | None:
+    """The device or the dtype; None when no option gives it (a suite file may then set it)."""
+    raw, where = pick(field, cli, env, ini)
+    if raw is None:
+        return None
+    value = str(raw).strip()
+    if field == "device" and not DEVICES_RE.match(value):
+        raise SettingsError(where, f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+    if field == "dtype" and value not in DTYPES:
+        raise SettingsError(where, f"unknown dtype {value!r}; use one of {', '.join(DTYPES)}")
+    return value
 
-    cache_dir: Path | None
+
+def _seed(cli: Mapping[str, object], env: Mapping[str, str], ini: Mapping[str, object]) -> int | None:
+    raw, where = pick("seed", cli, env, ini)
+    if raw is None:
+        return None
+    try:
+        seed = int(str(raw))
+    except ValueError:
+        raise SettingsError(where, f"not an integer: {raw!r}") from None
+    if seed < 0:
+        raise SettingsError(where, f"must be >= 0, got {seed}")
+    return seed
+
+
+def _cache_dir(cli: Mapping[str, object], env: Mapping[str, str], ini: Mapping[str, object]) -> Path | None:
     if cli.get("no_cache"):
-        cache_dir = None
-    else:
-        raw = _first(cli.get("cache_dir"), env.get("FORGETGUARD_CACHE_DIR"), ini_path(ini.get("cache_dir")))
-        cache_dir = Path(str(raw)).expanduser() if raw else default_cache_dir()
-        if cache_dir.exists() and not cache_dir.is_dir():
-            raise SettingsError("--fg-cache-dir", f"{cache_dir} exists and is not a directory")
-
-    history = _history(cli, env, ini_path(ini.get("history")))
-    project = _project(_first(cli.get("project"), env.get("FORGETGUARD_PROJECT"), ini.get("project")))
-    no_forecast_skip = _flag(cli, env, ini, "no_forecast_skip", "FORGETGUARD_NO_FORECAST_SKIP")
-    no_early_stop = _flag(cli, env, ini, "no_early_stop", "FORGETGUARD_NO_EARLY_STOP")
-
-    alpha_raw = _first(cli.get("alpha"), env.get("FORGETGUARD_ALPHA"), ini.get("alpha"))
-    alpha: float | None = None
-    if alpha_raw is not None:
-        alpha_from = (
-            "--fg-alpha"
-            if cli.get("alpha")
-            else "FORGETGUARD_ALPHA"
-            if env.get("FORGETGUARD_ALPHA")
-            else "forgetguard_alpha"
-        )
-        try:
-            alpha = float(str(alpha_raw))
-        except ValueError:
-            raise SettingsError(alpha_from, f"not a number: {alpha_raw!r}") from None
-        if not 0.0 < alpha < 0.5:
-            raise SettingsError(
-                alpha_from, f"must be in (0, 0.5) (the false-pass rate at the allowance), got {alpha_raw}"
-            )
-
-    def report(key: str, flag: str) -> Path | None:
-        raw = cli.get(key)
-        if not raw:
-            return None
-        path = Path(str(raw)).expanduser()
-        if path.is_dir():
-            raise SettingsError(flag, f"{path} is a directory; give a file path")
-        problem = unwritable(path)
-        if problem is not None:  # now, not as an internal error when the run starts or ends
-            raise SettingsError(
-                flag, f"cannot write the report {path}: {problem}; give a path in a folder you can write"
-            )
-        return path
-
-    return Settings(
-        enabled=bool(cli.get("enabled")),
-        base=str(base) if base else None,
-        candidates=candidates,
-        device=device,
-        dtype=dtype,
-        report_json=report("report_json", "--fg-report-json"),
-        report_md=report("report_md", "--fg-report-md"),
-        cache_dir=cache_dir,
-        seed=seed,
-        trust_remote_code=bool(cli.get("trust_remote_code")),
-        history=history,
-        project=project,
-        no_history=bool(cli.get("no_history")),
-        no_forecast_skip=no_forecast_skip,
-        no_early_stop=no_early_stop,
-        alpha=alpha,
-    )
+        return None
+    raw, where = pick("cache_dir", cli, env, ini)
+    cache_dir = Path(str(raw)).expanduser() if raw else default_cache_dir()
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise SettingsError(where, f"{cache_dir} exists and is not a directory")
+    return cache_dir
 
 
-def _history(cli: Mapping[str, Any], env: Mapping[str, str], ini: object) -> Location | None:
+def _alpha(cli: Mapping[str, object], env: Mapping[str, str], ini: Mapping[str, object]) -> float | None:
+    """Every verdict's error rate; None: each check's own (default 0.05)."""
+    raw, where = pick("alpha", cli, env, ini)
+    if raw is None:
+        return None
+    try:
+        alpha = float(str(raw))
+    except ValueError:
+        raise SettingsError(where, f"not a number: {raw!r}") from None
+    if not 0.0 < alpha < 0.5:
+        raise SettingsError(where, f"must be in (0, 0.5) (the false-pass rate at the allowance), got {raw}")
+    return alpha
+
+
+def _report(cli: Mapping[str, object], field: str) -> Path | None:
+    """A report path: a file in a folder that can be written, checked now (not when the run ends)."""
+    raw, flag = cli.get(field), OPTION[field].flag
+    if not raw:
+        return None
+    path = Path(str(raw)).expanduser()
+    if path.is_dir():
+        raise SettingsError(flag, f"{path} is a directory; give a file path")
+    problem = unwritable(path)
+    if problem is not None:
+        raise SettingsError(flag, f"cannot write the report {path}: {problem}; give a path in a folder you can write")
+    return path
+
+
+def _history(raw: object, flag: str) -> Location | None:
     """The run history named by --fg-history, FORGETGUARD_HISTORY or the ini key: a path or a URL, checked
     now (a typo in a URL, or a PostgreSQL history without its driver, is a usage error before models load)."""
     from .history.location import LocationError
 
-    flag = (
-        "--fg-history"
-        if cli.get("history")
-        else "FORGETGUARD_HISTORY"
-        if env.get("FORGETGUARD_HISTORY")
-        else ("forgetguard_history")
-    )
-    raw = _first(cli.get("history"), env.get("FORGETGUARD_HISTORY"), ini)
     if not raw:
         return None
     try:

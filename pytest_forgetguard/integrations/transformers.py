@@ -1,11 +1,16 @@
 """The gate's budgets during training: a ``transformers.Trainer`` callback (TRL's trainers subclass it).
 
-One line in the trainer, the suite file CI uses::
+One line after the trainer, the suite file CI uses::
 
     from pytest_forgetguard.integrations.transformers import ForgetguardCallback
 
-    trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                      callbacks=[ForgetguardCallback("forgetguard_newtask.yaml", every_n_steps=50)])
+    trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    ForgetguardCallback("forgetguard_newtask.yaml", every_n_steps=50, trainer=trainer)
+
+``trainer=`` adds the callback to the trainer and is what it logs through; a callback already in
+``Trainer(callbacks=[...])`` is given its trainer with ``callback.attach(trainer)``. Everything else
+it takes from the arguments the trainer passes to every callback event (``args``, ``state``,
+``control``, ``model``, ``processing_class``).
 
 Every ``every_n_steps`` steps (and once at the end) the suite's ``kl`` and ``drift``
 checks run on the model being trained against its frozen base, through the gate's
@@ -14,18 +19,20 @@ samples, seed and numbers as ``pytest --forgetguard`` on the saved checkpoint.
 The base is the model with its adapters disabled for a PEFT model (no second
 copy), otherwise the ``base`` SPEC (default: the suite's ``models.base``),
 loaded once. Each value is logged as ``forgetguard/<check>`` (with
-``.../budget_used``, ``.../ci_low``, ``.../ci_high``) through the trainer's
-callback handler, so it lands in ``trainer.state.log_history`` and every
-``report_to`` integration; a JSONL trajectory (one line per evaluation) is
+``.../budget_used``, ``.../ci_low``, ``.../ci_high``) into ``trainer.state.log_history``
+and, with the trainer given, through its callback handler to every ``report_to``
+integration (without it, those are not reached, and rank 0 warns when ``report_to``
+names any); a JSONL trajectory (one line per evaluation) is
 written to ``output_dir/forgetguard_trajectory.jsonl``. A run resumed from a
 checkpoint keeps the trajectory's evaluations up to the checkpoint's step and
 drops the later ones, which it redoes: each step is in the file once, with the
 values of the run that produced the final model.
 
 Under multi-process training (DDP, ``accelerate launch``) every rank
-measures, and every rank adopts rank 0's numbers and stop decision; only the
-process that writes the trainer's checkpoints writes the trajectory, and only
-rank 0 warns.
+measures, and every rank adopts rank 0's numbers and stop decision, so every
+rank keeps the same history and log and stops at the same step; only the
+process that writes the trainer's checkpoints (``args.should_save``) writes the
+trajectory, and only rank 0 (``state.is_world_process_zero``) warns.
 
 A check over its budget — or a measurement that errs, such as a NaN — warns; with
 ``stop_on_budget=True`` it stops training, naming the check, the value, the budget
@@ -50,7 +57,6 @@ Under ``torch.distributed`` every rank calls ``setup`` and ``measure`` at the sa
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -97,7 +103,7 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
     default the trainer's ``processing_class``. ``trajectory``: the JSONL path (default
     ``output_dir/forgetguard_trajectory.jsonl``; ``False``: none). ``retention_every``: also
     run the suite's retention checks (lm-eval, minutes each) at every M-th evaluation and at the
-    end of training; default never.
+    end of training; default never. ``trainer``: the ``Trainer`` to watch, as :meth:`attach` does.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         base_device: str | None = None,
         trajectory: str | Path | bool | None = None,
         retention_every: int | None = None,
+        trainer: Any = None,
     ) -> None:
         for label, value in (("every_n_steps", every_n_steps), ("retention_every", retention_every)):
             if value is None and label == "retention_every":
@@ -138,7 +145,7 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         self.stopped: str | None = None  # the message, once stop_on_budget stopped training
         self._fg: Forgetguard | None = None
         self._live: LiveModel | None = None
-        self._handler: CallbackHandler | None = None
+        self._trainer: Any = None  # given by attach(): its callback handler reaches report_to's integrations
         self._over: set[str] = set()  # checks over budget at the last evaluation (warn on the change)
         self._records: list[CheckRecord] = []
         self._last_step: int | None = None
@@ -146,6 +153,22 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         self._main: bool | None = None
         self._writer: bool | None = None
         self._ranks: DataParallel | None = None
+        if trainer is not None:
+            self.attach(trainer)
+
+    def attach(self, trainer: Any) -> ForgetguardCallback:
+        """Watch ``trainer``: add this callback to it (unless it is there already) and log through it.
+
+        The values then reach every callback's ``on_log`` (``report_to``'s integrations: TensorBoard,
+        W&B, MLflow), as the trainer's own logs do. Returns the callback.
+        """
+        handler = getattr(trainer, "callback_handler", None)
+        if not isinstance(handler, CallbackHandler):
+            raise TypeError(f"attach() takes a transformers Trainer, got {type(trainer).__name__}")
+        if not any(callback is self for callback in handler.callbacks):
+            trainer.add_callback(self)
+        self._trainer = trainer
+        return self
 
     # -- set up and measure (also for hand-written training loops) --------------------------
 
@@ -166,27 +189,7 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
                 "or ForgetguardCallback(..., tokenizer=tokenizer)"
             )
         self._live = LiveModel(model, tokenizer, role="candidate", label="training")
-        base: Any
-        if self.base_spec is None and self.suite.base is None and not hasattr(model, "disable_adapter"):
-            raise ForgetguardError(
-                f"{self.suite.path}: a full fine-tune needs its base to compare with: give "
-                "ForgetguardCallback(..., base=SPEC) or models.base in the suite (a PEFT model is compared "
-                "with itself, adapters disabled)"
-            )
-        spec = self.base_spec or (None if hasattr(model, "disable_adapter") else self.suite.base)
-        if spec is None:
-            base = LiveModel(model, tokenizer, role="base", label="base (adapters disabled)", adapters="disabled")
-            base.freeze_fingerprint()
-        else:
-            from ..models import ModelStore
-            from ..settings import default_cache_dir
-
-            dtype = self._live.dtype
-            store = ModelStore(
-                device=self.base_device or str(self._live.device), dtype=dtype, cache_dir=default_cache_dir()
-            )
-            base = store.get(spec, role="base")
-            base.load()
+        base = self._base(model, tokenizer)
         cache = ResultCache(None)
         self._fg = Forgetguard(
             base,
@@ -215,8 +218,30 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
                 self._last_step = kept[-1]["step"]
                 self.last_within_budget = next((e["step"] for e in reversed(kept) if e["within_budget"]), None)
                 self._over = {name for name, c in kept[-1]["checks"].items() if not c.get("passed")}
-        if self.trajectory is not None and self._writes():
-            write_atomic(self.trajectory, "".join(json.dumps(e, allow_nan=False) + "\n" for e in self.history))
+        self._write(self.history, append=False)
+
+    def _base(self, model: Any, tokenizer: Any) -> Any:
+        """The model to compare with: the PEFT model with its adapters disabled, else the base SPEC, loaded."""
+        assert self._live is not None
+        if self.base_spec is None and self.suite.base is None and not hasattr(model, "disable_adapter"):
+            raise ForgetguardError(
+                f"{self.suite.path}: a full fine-tune needs its base to compare with: give "
+                "ForgetguardCallback(..., base=SPEC) or models.base in the suite (a PEFT model is compared "
+                "with itself, adapters disabled)"
+            )
+        spec = self.base_spec or (None if hasattr(model, "disable_adapter") else self.suite.base)
+        if spec is None:
+            base = LiveModel(model, tokenizer, role="base", label="base (adapters disabled)", adapters="disabled")
+            base.freeze_fingerprint()
+            return base
+        from ..models import ModelStore
+        from ..settings import default_cache_dir
+
+        device = self.base_device or str(self._live.device)
+        store = ModelStore(device=device, dtype=self._live.dtype, cache_dir=default_cache_dir())
+        loaded = store.get(spec, role="base")
+        loaded.load()
+        return loaded
 
     def measure(self, step: int, epoch: float | None = None, retention: bool | None = None) -> dict[str, float]:
         """Run the watched checks on the model as it is now; returns the metrics to log.
@@ -267,9 +292,7 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         if entry["within_budget"]:
             self.last_within_budget = step
         self.history.append(entry)
-        if self.trajectory is not None and self._writes():
-            with self.trajectory.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(entry, allow_nan=False) + "\n")
+        self._write([entry], append=True)
         if over and self.stop_on_budget and self.stopped is None:
             self.stopped = "; ".join(over.values())
             self._warn(f"stopping training: {self.stopped}")
@@ -291,8 +314,21 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
         return os.environ.get("RANK", "0").strip() in ("", "0")  # torchrun's ranks without a process group
 
     def _writes(self) -> bool:
-        """Whether this process writes the trajectory: the one that writes the trainer's checkpoints."""
+        """Whether this process writes files: the one that writes the trainer's checkpoints (``args.should_save``,
+        as the trainer decides), else rank 0."""
         return self._writer if self._writer is not None else self._is_main()
+
+    def _write(self, entries: list[dict[str, Any]], append: bool) -> None:
+        """Every write of the trajectory: append ``entries``, or replace the file with them. On the writing
+        process only (:meth:`_writes`): the others keep the same history in memory and write nothing."""
+        if self.trajectory is None or not self._writes():
+            return
+        lines = "".join(json.dumps(e, allow_nan=False) + "\n" for e in entries)
+        if not append:
+            write_atomic(self.trajectory, lines)
+            return
+        with self.trajectory.open("a", encoding="utf-8") as out:
+            out.write(lines)
 
     def _warn(self, message: str) -> None:
         if self._is_main():  # one warning, not one per rank
@@ -394,9 +430,23 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
     ) -> None:
-        self._handler = _calling_handler()
+        # Only what the trainer passes to every event: its arguments, state, model and processing_class.
+        if self._trainer is not None and self._trainer.state is not state:
+            raise ForgetguardError(
+                "ForgetguardCallback is attached to another trainer than the one training: "
+                "attach it to the trainer it watches (trainer=..., or attach(trainer))"
+            )
         self._main, self._writer = state.is_world_process_zero, args.should_save
-        tokenizer = self._tokenizer if self._tokenizer is not None else kwargs.get("processing_class")
+        tokenizer = self._tokenizer
+        for key in ("processing_class", "tokenizer"):  # the older transformers' name
+            tokenizer = kwargs.get(key) if tokenizer is None else tokenizer
+        reporters = [r for r in (args.report_to or []) if r != "none"]
+        if self._trainer is None and reporters:
+            self._warn(
+                f"ForgetguardCallback: the values go to trainer.state.log_history and the trajectory, not to "
+                f"report_to's {', '.join(map(str, reporters))}: give it the trainer "
+                "(ForgetguardCallback(..., trainer=trainer), or callback.attach(trainer))"
+            )
         # Resumed from a checkpoint: the trainer restored its state, global_step is the checkpoint's.
         resume_step = state.global_step if state.global_step > 0 else None
         self.setup(model, tokenizer, output_dir=args.output_dir, resume_step=resume_step)
@@ -440,19 +490,20 @@ class ForgetguardCallback(TrainerCallback):  # type: ignore[misc]
     def _log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict[str, float]
     ) -> None:
-        """Log as the trainer does: into ``state.log_history`` and to every callback's ``on_log``
-        (the ``report_to`` integrations: TensorBoard, W&B, MLflow, ...).
+        """Log as ``Trainer.log`` does: into ``state.log_history`` and, given the trainer (:meth:`attach`),
+        to every callback's ``on_log`` through its callback handler (the ``report_to`` integrations).
 
         On every rank, as the trainer logs: the integrations write on rank 0 only (they check
-        ``state.is_world_process_zero``), and every rank's ``log_history`` stays the same.
+        ``state.is_world_process_zero``), and every rank's ``log_history`` stays the same. Not through
+        ``trainer.log()`` itself: a subclass's (TRL's) folds its own running metrics into that call.
         """
         logs = dict(metrics)
         if state.epoch is not None:
             logs["epoch"] = state.epoch
         state.log_history.append({**logs, "step": state.global_step})
-        if self._handler is not None:
+        if self._trainer is not None:
             should_log = control.should_log  # on_log clears it: the trainer's own log at this step must still happen
-            self._handler.on_log(args, state, control, logs)
+            self._trainer.callback_handler.on_log(args, state, control, logs)
             control.should_log = should_log
 
 
@@ -499,20 +550,6 @@ def _text_tokenizer(processing_class: Any) -> Any:
     if processing_class is None or hasattr(processing_class, "get_vocab"):
         return processing_class
     return getattr(processing_class, "tokenizer", None)
-
-
-def _calling_handler() -> CallbackHandler | None:
-    """The trainer's callback handler that is calling us (its ``call_event`` frame), to log through it."""
-    frame = inspect.currentframe()
-    try:
-        for _ in range(6):
-            frame = frame.f_back if frame is not None else None
-            owner = frame.f_locals.get("self") if frame is not None else None
-            if isinstance(owner, CallbackHandler):
-                return owner
-        return None
-    finally:
-        del frame
 
 
 def _summary(rec: CheckRecord) -> dict[str, Any]:

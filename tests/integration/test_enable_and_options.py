@@ -66,7 +66,7 @@ def test_bad_ini_value_is_a_usage_error(pytester):
     pytester.makepyfile(TEST_FILE)
     result = pytester.runpytest("--forgetguard")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--fg-dtype: unknown dtype 'fp8'*"])
+    result.stderr.fnmatch_lines(["*forgetguard_dtype: unknown dtype 'fp8'*"])  # named where it was set
 
 
 def test_precedence_cli_env_ini(pytester, monkeypatch, tiny):

@@ -2,13 +2,17 @@
 
 Tiny models trained a few steps on CPU: the values land in the trainer's logs, a budget stops
 training at the right step, the trainer's random state is untouched, and the last numbers equal
-what ``pytest --forgetguard`` reports for the saved model.
+what ``pytest --forgetguard`` reports for the saved model. The events need nothing but the
+arguments the trainer passes them (no stack walking), and a process other than the main one
+writes nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -19,6 +23,7 @@ from helpers import DOC_PAIRS, forgetguard_args, prompts_jsonl
 from lmeval_tasks import write_tasks
 
 from pytest_forgetguard.errors import ForgetguardError, ForgetguardWarning, SuiteError
+from pytest_forgetguard.integrations import transformers as integration
 from pytest_forgetguard.integrations.transformers import ForgetguardCallback
 
 SUITE = """
@@ -91,8 +96,9 @@ def _model(tiny, peft: bool = True):
 
 def _train(
     tiny, tmp_path, callbacks, steps: int = 6, peft: bool = True, save_steps: int = 2, name: str = "run",
-    resume: Path | None = None, rotate: int = 0,
+    resume: Path | None = None, rotate: int = 0, then=None,
 ):  # fmt: skip
+    """Train; ``then(trainer)`` runs once the trainer is made, before it trains (to attach a callback)."""
     from transformers import Trainer, TrainingArguments, set_seed
 
     set_seed(7)  # the LoRA matrices' initialisation, then the trainer's own draws (data order, dropout)
@@ -119,6 +125,8 @@ def _train(
         processing_class=tok,
         callbacks=callbacks,
     )
+    if then is not None:
+        then(trainer)
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return trainer
 
@@ -138,8 +146,14 @@ def test_values_are_logged_through_the_trainer_and_the_trajectory(tiny, tmp_path
         def on_log(self, args, state, control, logs=None, **kw):
             self.seen.append(dict(logs))
 
-    watch = ForgetguardCallback(suite(), every_n_steps=2)
-    trainer = _train(tiny, tmp_path, [Integration(), watch])
+    made: list[ForgetguardCallback] = []
+    # The trainer given: the callback adds itself to it (after the integrations) and logs through it.
+    trainer = _train(tiny, tmp_path, [Integration()],
+                     then=lambda t: made.append(ForgetguardCallback(suite(), every_n_steps=2, trainer=t)))  # fmt: skip
+    (watch,) = made
+    kinds = [type(cb) for cb in trainer.callback_handler.callbacks]
+    assert kinds.index(Integration) < kinds.index(ForgetguardCallback)
+    assert watch.attach(trainer) is watch and trainer.callback_handler.callbacks.count(watch) == 1, "added once"
     assert [log["forgetguard/task-kl"] for log in Integration.seen if "forgetguard/task-kl" in log] == [
         h["forgetguard/task-kl"] for h in trainer.state.log_history if "forgetguard/task-kl" in h
     ], "every logging callback sees the values, as report_to's integrations do"
@@ -158,6 +172,82 @@ def test_values_are_logged_through_the_trainer_and_the_trajectory(tiny, tmp_path
     assert watch.last_checkpoint_within_budget == str(tmp_path / "run" / "checkpoint-6")
     # The trainer's own loss logs are all still there (logging_steps=1).
     assert [s for s, _ in _losses(trainer)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_without_the_trainer_the_values_reach_its_log_history_only(tiny, tmp_path, suite):
+    from transformers import TrainerCallback, TrainerControl, TrainerState
+
+    class Integration(TrainerCallback):
+        seen: list[dict] = []
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            self.seen.append(dict(logs))
+
+    watch = ForgetguardCallback(suite(), every_n_steps=3)
+    trainer = _train(tiny, tmp_path, [Integration(), watch], steps=3, save_steps=3)
+    logged = [h["step"] for h in trainer.state.log_history if "forgetguard/task-kl" in h]
+    assert logged == [3], "in the trainer's log_history (the contract), as when it is attached"
+    assert Integration.seen and not any("forgetguard/task-kl" in log for log in Integration.seen)
+    assert [s for s, _ in _losses(trainer)] == [1, 2, 3]
+    with pytest.raises(TypeError, match="attach\\(\\) takes a transformers Trainer"):
+        watch.attach(object())
+    with pytest.raises(ForgetguardError, match="attached to another trainer"):
+        watch.attach(trainer).on_train_begin(trainer.args, TrainerState(), TrainerControl(), model=trainer.model)
+
+
+def test_the_callback_walks_no_stack_frames():
+    source = inspect.getsource(integration)
+    assert not re.search(r"\binspect\b|_getframe|currentframe|f_back|f_locals", source)
+
+
+@pytest.mark.parametrize("main", [True, False], ids=["main-process", "other-process"])
+def test_the_events_need_only_their_arguments_and_only_the_main_process_writes(
+    tiny, tmp_path, suite, monkeypatch, main
+):
+    """No trainer, no callback handler, no stack frames: the events as the trainer calls them, with
+    their documented arguments, on the main process and on another one (``state.is_world_process_zero``
+    and ``args.should_save`` false): the same decision on both, and only the main one writes or warns."""
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    def no_frames(*args, **kwargs):
+        raise AssertionError("the callback looked at the stack")
+
+    monkeypatch.setattr(inspect, "currentframe", no_frames)
+
+    class Args(TrainingArguments):
+        should_save = property(lambda self: main)  # as the trainer sets it: the checkpoint-writing process
+
+    args = Args(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    args.report_to = ["wandb"]  # an integration the unattached callback cannot reach: the main process says so
+    state = TrainerState(max_steps=4, is_world_process_zero=main, is_local_process_zero=main)
+    control = TrainerControl()
+    model, tok = _model(tiny)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(0.05)  # away from its base
+    event = {"model": model, "processing_class": tok, "optimizer": None, "lr_scheduler": None,
+             "train_dataloader": None, "eval_dataloader": None}  # fmt: skip
+    watch = ForgetguardCallback(suite(budget=1e-9), every_n_steps=2, stop_on_budget=True)
+    before = sorted(tmp_path.rglob("*"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert watch.on_train_begin(args, state, control, **event) is None
+        state.global_step = 2
+        watch.on_step_end(args, state, control, **event)
+        watch.on_save(args, state, control, **event)
+        watch.on_train_end(args, state, control, **event)
+    warned = [str(w.message) for w in caught if issubclass(w.category, ForgetguardWarning)]
+    # Every process: the same decision, history and log.
+    assert control.should_training_stop and "'task-kl' at step 2" in (watch.stopped or "")
+    assert [e["step"] for e in watch.history] == [2] and not watch.history[0]["within_budget"]
+    assert [h["step"] for h in state.log_history if "forgetguard/task-kl" in h] == [2]
+    trajectory = tmp_path / "out" / "forgetguard_trajectory.jsonl"
+    if main:
+        assert _trajectory(trajectory) == watch.history
+        assert len(warned) == 2 and "not to report_to's wandb" in warned[0] and "stopping training" in warned[1]
+    else:
+        assert sorted(tmp_path.rglob("*")) == before, "no file, no folder"
+        assert warned == []
 
 
 def _trajectory(path: Path) -> list[dict]:
@@ -439,7 +529,13 @@ def test_under_trls_sft_trainer(tiny, tmp_path, suite):
         model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[watch],
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
     )  # fmt: skip
+    watch.attach(trainer)  # already among its callbacks: only given the trainer to log through
+    assert trainer.callback_handler.callbacks.count(watch) == 1
     trainer.train()
     logged = [h for h in trainer.state.log_history if "forgetguard/task-kl" in h]
     assert [h["step"] for h in logged] == [2, 4] and logged[-1]["forgetguard/task-kl"] > 0
     assert watch.history[-1]["within_budget"]
+    # Logged beside TRL's trainer, not through its log(): TRL's own metrics stay in each of its loss logs.
+    losses = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in losses] == [1, 2, 3, 4]
+    assert all("mean_token_accuracy" in h and "forgetguard/task-kl" not in h for h in losses)

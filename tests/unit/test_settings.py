@@ -73,10 +73,10 @@ def test_suite_file_applies_when_no_option_is_given():
     "cli, ini, option",
     [
         ({"device": "gpu"}, {}, "--fg-device"),
-        ({}, {"device": "cuda:x"}, "--fg-device"),
+        ({}, {"device": "cuda:x"}, "forgetguard_device"),  # named where the value was given
         ({"dtype": "int8"}, {}, "--fg-dtype"),
         ({"seed": "abc"}, {}, "--fg-seed"),
-        ({}, {"seed": "-3"}, "--fg-seed"),
+        ({}, {"seed": "-3"}, "forgetguard_seed"),
     ],
 )
 def test_bad_values_name_the_option(cli, ini, option):
@@ -119,3 +119,28 @@ def test_alpha_comes_from_the_command_line_environment_or_ini_and_is_checked():
         with pytest.raises(SettingsError) as info:
             resolve(cli, env=env, ini=ini)
         assert info.value.option == option
+
+
+def test_every_option_is_declared_once_and_the_docs_table_is_generated_from_it(pytester):
+    """One table (pytest_forgetguard.options): pytest's --help, the ini keys and docs/options.md agree with it."""
+    from pathlib import Path
+
+    from pytest_forgetguard.options import OPTIONS, markdown_table
+
+    assert len({o.flag for o in OPTIONS}) == len({o.field for o in OPTIONS}) == len(OPTIONS)
+    page = (Path(__file__).resolve().parents[2] / "docs" / "options.md").read_text(encoding="utf-8")
+    assert markdown_table() in page, "docs/options.md: run python scripts/gen_options_table.py"
+    help_text = pytester.runpytest("--help").stdout.str()
+    for o in OPTIONS:
+        assert o.flag in help_text and (o.ini is None or o.ini in help_text) and (o.env is None or o.env in help_text)
+
+
+@pytest.mark.parametrize("option", [o for o in __import__("pytest_forgetguard.options").options.OPTIONS if o.env])
+def test_each_variable_sits_between_the_command_line_and_the_ini(option):
+    from pytest_forgetguard.options import pick
+
+    values = {"flag": ("1", "0", "1"), "list": ("a", "b", ["c"])}.get(option.kind, ("x", "y", "z"))
+    cli, env, ini = {option.field: values[0]}, {option.env: values[1]}, {option.field: values[2]}
+    assert pick(option.field, cli, env, ini) == (values[0], option.flag)
+    assert pick(option.field, {}, env, ini) == (values[1], option.env)
+    assert pick(option.field, {}, {}, ini) == (values[2], option.ini)
