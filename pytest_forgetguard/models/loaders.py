@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..context import warn as context_warn
 from ..deps import require
@@ -38,10 +38,26 @@ from .weights import UnreadableWeights, read_header, shapes, weight_files
 if TYPE_CHECKING:
     import torch
 
-    from .handle import ModelHandle
-
 # pytest shows none of this module's frames under a forgetguard error: its message is the report.
 __tracebackhide__ = own_error
+
+
+class AdapterBase(Protocol):
+    """What applying an adapter needs from its base (a :class:`~.handle.ModelHandle`), named here so that
+    this module does not import the handle that imports it."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def raw_model(self) -> Any: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def load(self) -> Any: ...
+
+    def attach_adapter(self, adapter_dir: Path, name: str) -> Any: ...
 
 # Loader hook: (spec, device, dtype) -> (model, tokenizer) or None.
 CustomLoader = Callable[[str, str, str], "tuple[Any, Any] | None"]
@@ -135,7 +151,7 @@ def load_directory(directory: Path, label: str, options: LoadOptions) -> LoadedM
     return LoadedModel(model, tokenizer)
 
 
-def load_adapter(adapter_dir: Path, label: str, base: "ModelHandle", options: LoadOptions) -> LoadedModel:
+def load_adapter(adapter_dir: Path, label: str, base: AdapterBase, options: LoadOptions) -> LoadedModel:
     """A PEFT adapter applied to ``base``'s weights (shared: ``base`` keeps one ``PeftModel`` for all its adapters)."""
     require("peft", "peft")
     from transformers import AutoTokenizer
@@ -317,7 +333,7 @@ _SIZE_MISMATCH = re.compile(
 )
 
 
-def _adapter_mismatch(label: str, base: "ModelHandle", found: "re.Match[str]") -> str:
+def _adapter_mismatch(label: str, base: AdapterBase, found: "re.Match[str]") -> str:
     """An adapter whose saved tensors do not fit the base it is applied to: most often it carries the embedding
     or LM head of a resized vocabulary (modules_to_save) and the base has the original one."""
     name = re.sub(r"\.fg_[0-9a-f]{8}\b", "", found.group(1))  # our adapter name, not the saved key
