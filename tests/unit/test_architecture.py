@@ -50,3 +50,20 @@ def test_no_import_cycle_type_only_imports_included():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_every_module_named_on_the_architecture_page_exists():
+    """docs/architecture.md names modules in backticks: each must import, and every module of the package
+    must be on the page (a new module gets a place on the map)."""
+    import importlib
+    import re
+
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(pytest_forgetguard(?:\.[a-z_]+)*)`", page))
+    assert len(named) > 30
+    for name in sorted(named):
+        importlib.import_module(name)
+    modules = {_module(p) for p in PACKAGE.rglob("*.py")} - {"pytest_forgetguard.__main__"}
+    packages_only = {m for m in modules if (PACKAGE.parent / m.replace(".", "/") / "__init__.py").exists()}
+    missing = sorted(modules - named - (packages_only - {"pytest_forgetguard", "pytest_forgetguard.history"}))
+    assert not missing, f"modules not on docs/architecture.md: {missing}"
