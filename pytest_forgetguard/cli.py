@@ -413,8 +413,6 @@ def _verdict(d: dict[str, Any]) -> str:
 
 def _calibrate(history: Any, args: argparse.Namespace) -> int:
     from .calibration import summarize
-    from .forecast import points_needed
-    from .records import candidate_id
 
     if not 0.0 < args.coverage < 1.0:
         raise ForgetguardError(f"--coverage must be in (0, 1), got {args.coverage}")
@@ -422,76 +420,74 @@ def _calibrate(history: Any, args: argparse.Namespace) -> int:
         raise ForgetguardError(f"--alpha must be in (0, 0.5), got {args.alpha}")
     rows = history.rows()
     pairs = summarize(rows, kl_check=args.check, base=args.base)
-    # A calibration holds for one base: name it as the runs recorded it (the latest SPEC of its fingerprint).
+    specs = _base_specs(rows)
+    data = [{**p.to_json(args.coverage, args.alpha), "base": specs.get(p.key.base_fingerprint)} for p in pairs]
+    table = [_calibration_row(d) for d in data]
+    headers = ["kl check", "retention check", "base", "n", "slope", "R²", "ρ", "LOO |err|",
+               f"{args.coverage:.0%} width", "allowance", "KL budget", "held", "audits held"]  # fmt: skip
+    code = _out(args, data, table, headers)
+    if not args.json and table:
+        _calibration_legend(data, args)
+    return code
+
+
+def _base_specs(rows: Sequence[Any]) -> dict[str | None, str]:
+    """A calibration holds for one base: name it as the runs recorded it (the latest SPEC of its fingerprint)."""
     specs: dict[str | None, str] = {}
     for row in rows:
         recorded = row.record.get("base")
         if isinstance(recorded, dict) and recorded.get("spec"):
             specs[row.base_fingerprint] = str(recorded["spec"])
-    data = [{**p.to_json(args.coverage, args.alpha), "base": specs.get(p.key.base_fingerprint)} for p in pairs]
-    table = []
-    for d in data:
-        name = candidate_id(d["base"]) if d["base"] else ""
-        short = (d["base_fingerprint"] or "")[:8]
-        base = f"{name} ({short})" if name and short else name or short or "-"
-        budget = d["kl_budget"]
-        if d["runs_needed"]:
-            budget = f"{d['runs_needed']} more runs"
-        elif d["evidence_problems"]:
-            budget = "no evidence"
-        elif budget is None and d["allowance"] is not None:
-            budget = "none in range"
-        table.append(
-            [
-                d["kl_check"],
-                d["retention_check"],
-                base,
-                d["n"],
-                d["slope"],
-                d["r2"],
-                d["spearman"],
-                d["loo_mean_abs_error"],
-                "-" if d["interval_width"] is None else d["interval_width"],
-                d["allowance"],
-                budget,
-                f"{d['forecasts_held']}/{d['forecasts_checked']}" if d["forecasts_checked"] else "-",
-                f"{d['audits_held']}/{d['audits']}" if d["audits"] else "-",
-            ]
-        )
-        # Formatted here: tabulate's floatfmt skips a column that also holds words ("-", "none in range").
-        table[-1] = [_number(c) if isinstance(c, float) else c for c in table[-1]]
-    code = _out(
-        args,
-        data,
-        table,
-        [
-            "kl check",
-            "retention check",
-            "base",
-            "n",
-            "slope",
-            "R²",
-            "ρ",
-            "LOO |err|",
-            f"{args.coverage:.0%} width",
-            "allowance",
-            "KL budget",
-            "held",
-            "audits held",
-        ],  # fmt: skip
+    return specs
+
+
+def _calibration_row(d: dict[str, Any]) -> list[Any]:
+    """One (KL check, retention check, base) row; the KL budget column says why there is none."""
+    from .records import candidate_id
+
+    name = candidate_id(d["base"]) if d["base"] else ""
+    short = (d["base_fingerprint"] or "")[:8]
+    base = f"{name} ({short})" if name and short else name or short or "-"
+    budget = d["kl_budget"]
+    if d["runs_needed"]:
+        budget = f"{d['runs_needed']} more runs"
+    elif d["evidence_problems"]:
+        budget = "no evidence"
+    elif budget is None and d["allowance"] is not None:
+        budget = "none in range"
+    row = [
+        d["kl_check"],
+        d["retention_check"],
+        base,
+        d["n"],
+        d["slope"],
+        d["r2"],
+        d["spearman"],
+        d["loo_mean_abs_error"],
+        "-" if d["interval_width"] is None else d["interval_width"],
+        d["allowance"],
+        budget,
+        f"{d['forecasts_held']}/{d['forecasts_checked']}" if d["forecasts_checked"] else "-",
+        f"{d['audits_held']}/{d['audits']}" if d["audits"] else "-",
+    ]
+    # Formatted here: tabulate's floatfmt skips a column that also holds words ("-", "none in range").
+    return [_number(c) if isinstance(c, float) else c for c in row]
+
+
+def _calibration_legend(data: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Under the table: what its columns mean, and why the history may not decide a pair."""
+    from .forecast import points_needed
+
+    print(
+        f"\nKL budget: the largest KL seen at which the forecast's upper bound at alpha {args.alpha:g} stays within "
+        f"the allowance ('no evidence': the history may not decide, see --json's evidence_problems). A "
+        f"{args.coverage:.0%} interval needs {points_needed(args.coverage)} candidates. 'held': past forecasts "
+        "whose upper bound held the drop measured afterwards; 'audits held': the same for checks a forecast "
+        "could have decided and that were measured anyway (audit_rate), an unbiased sample of the skips."
     )
-    if not args.json and table:
-        print(
-            f"\nKL budget: the largest KL seen at which the forecast's upper bound at alpha {args.alpha:g} stays within "
-            f"the allowance ('no evidence': the history may not decide, see --json's evidence_problems). A "
-            f"{args.coverage:.0%} interval needs {points_needed(args.coverage)} candidates. 'held': past forecasts "
-            "whose upper bound held the drop measured afterwards; 'audits held': the same for checks a forecast "
-            "could have decided and that were measured anyway (audit_rate), an unbiased sample of the skips."
-        )
-        for d in data:
-            for problem in d["evidence_problems"]:
-                print(f"  {d['kl_check']} -> {d['retention_check']}: {problem}")
-    return code
+    for d in data:
+        for problem in d["evidence_problems"]:
+            print(f"  {d['kl_check']} -> {d['retention_check']}: {problem}")
 
 
 def _export(history: Any, args: argparse.Namespace) -> int:

@@ -310,76 +310,93 @@ def retention_figure(records: Sequence[CheckRecord]) -> "Figure | None":
         task_labelled = False
         for y, rec in enumerate(recs):
             d = drops[id(rec)]
-            color = colors[rec.candidate]
-            ax.hlines(y, d.low, d.high, color=color, linewidth=2.5, gid=_gid("retention-ci", rec.candidate))
-            ax.plot(
-                [d.drop],
-                [y],
-                linestyle="none",
-                marker="o" if rec.passed else "X",
-                markersize=8 if rec.passed else 11,
-                color=color if rec.passed else FAIL_COLOR,
-                label="_nolegend_",  # the row's tick label names the candidate
-                gid=_gid("retention-drop", rec.candidate),
-            )
-            if d.allowance is not None:
-                first = d.allowance not in allowances_labelled
-                allowances_labelled.add(d.allowance)
-                # A segment per row, not one line: a relative allowance may differ between rows.
-                ax.vlines(
-                    d.allowance,
-                    y - 0.38,
-                    y + 0.38,
-                    color=LIMIT_COLOR,
-                    linestyle="--",
-                    linewidth=1.6,
-                    label=f"allowance {d.allowance:.4g}" if first else "_nolegend_",
-                    gid=_gid("retention-allowance", rec.candidate),
-                )
+            _retention_row(ax, y, rec, d, colors[rec.candidate], allowances_labelled)
             if d.per_task:
-                ax.plot(
-                    [v for _, v in d.per_task],
-                    [y + 0.22] * len(d.per_task),
-                    linestyle="none",
-                    marker="|",
-                    markersize=9,
-                    color=color,
-                    alpha=0.8,
-                    label="_nolegend_" if task_labelled else "drop per task",
-                    gid=_gid("retention-task-drops", rec.candidate),
-                )
+                _task_drops(ax, y, rec, d, colors[rec.candidate], labelled=task_labelled)
                 task_labelled = True
-                for task, v in d.per_task:
-                    ax.annotate(
-                        _text(task, 24),
-                        (v, y + 0.22),
-                        xytext=(0, 4),
-                        textcoords="offset points",
-                        fontsize="x-small",
-                        ha="center",
-                        va="bottom",
-                        color=color,
-                    )
-        ax.axvline(0.0, color="#444444", linewidth=1.0, gid=_gid("retention-zero"))
-        ax.set_yticks(range(len(recs)), [_row_label(names[r.candidate], r) for r in recs])
-        for tick, rec in zip(ax.get_yticklabels(), recs):
-            if not rec.passed:
-                tick.set_color(FAIL_COLOR)
-                tick.set_fontweight("bold")
-        ax.set_ylim(len(recs) - 0.5, -0.5)  # first candidate on top, as in the tables
-        hib = recs[0].details.get("higher_is_better", True)
-        gate = recs[0].details.get("gate")
-        ax.set_title(_text(f"{name}: {metric} ({'higher' if hib else 'lower'} is better; gate: {gate})"))
-        ax.set_xlabel(f"drop in {_text(metric)} vs base (positive = worse), 95% CI")
-        ax.grid(True, axis="x", alpha=0.3)
-        markers = {"o": "drop, 95% CI (pass)", "X": "drop, 95% CI (fail)"}
-        shown = {"o" if r.passed else "X" for r in recs}
-        _legend(
-            ax,
-            [(text, {"color": "#666666", "marker": m, "linewidth": 2.5}) for m, text in markers.items() if m in shown],
-            first=True,
-        )
+        _retention_panel(ax, name, metric, recs, names)
     return fig
+
+
+def _retention_row(ax: "Axes", y: int, rec: CheckRecord, d: _Drop, color: str, allowances_labelled: set[float]) -> None:
+    """One candidate's row: the CI, the drop (a cross when failed) and its allowance.
+
+    The legend names each allowance once (``allowances_labelled``, shared by the panel's rows).
+    """
+    ax.hlines(y, d.low, d.high, color=color, linewidth=2.5, gid=_gid("retention-ci", rec.candidate))
+    ax.plot(
+        [d.drop],
+        [y],
+        linestyle="none",
+        marker="o" if rec.passed else "X",
+        markersize=8 if rec.passed else 11,
+        color=color if rec.passed else FAIL_COLOR,
+        label="_nolegend_",  # the row's tick label names the candidate
+        gid=_gid("retention-drop", rec.candidate),
+    )
+    if d.allowance is not None:
+        first = d.allowance not in allowances_labelled
+        allowances_labelled.add(d.allowance)
+        # A segment per row, not one line: a relative allowance may differ between rows.
+        ax.vlines(
+            d.allowance,
+            y - 0.38,
+            y + 0.38,
+            color=LIMIT_COLOR,
+            linestyle="--",
+            linewidth=1.6,
+            label=f"allowance {d.allowance:.4g}" if first else "_nolegend_",
+            gid=_gid("retention-allowance", rec.candidate),
+        )
+
+
+def _task_drops(ax: "Axes", y: int, rec: CheckRecord, d: _Drop, color: str, labelled: bool) -> None:
+    """Each task's own drop, marked and named just above the row (in the legend once per panel)."""
+    ax.plot(
+        [v for _, v in d.per_task],
+        [y + 0.22] * len(d.per_task),
+        linestyle="none",
+        marker="|",
+        markersize=9,
+        color=color,
+        alpha=0.8,
+        label="_nolegend_" if labelled else "drop per task",
+        gid=_gid("retention-task-drops", rec.candidate),
+    )
+    for task, v in d.per_task:
+        ax.annotate(
+            _text(task, 24),
+            (v, y + 0.22),
+            xytext=(0, 4),
+            textcoords="offset points",
+            fontsize="x-small",
+            ha="center",
+            va="bottom",
+            color=color,
+        )
+
+
+def _retention_panel(ax: "Axes", name: str, metric: str, recs: list[CheckRecord], names: dict[str, str]) -> None:
+    """The panel around the rows: zero, the candidates (failed ones in red, first on top), title and legend."""
+    ax.axvline(0.0, color="#444444", linewidth=1.0, gid=_gid("retention-zero"))
+    ax.set_yticks(range(len(recs)), [_row_label(names[r.candidate], r) for r in recs])
+    for tick, rec in zip(ax.get_yticklabels(), recs):
+        if not rec.passed:
+            tick.set_color(FAIL_COLOR)
+            tick.set_fontweight("bold")
+    ax.set_ylim(len(recs) - 0.5, -0.5)  # first candidate on top, as in the tables
+    hib = recs[0].details.get("higher_is_better", True)
+    gate = recs[0].details.get("gate")
+    ax.set_title(_text(f"{name}: {metric} ({'higher' if hib else 'lower'} is better; gate: {gate})"))
+    ax.set_xlabel(f"drop in {_text(metric)} vs base (positive = worse), 95% CI")
+    ax.grid(True, axis="x", alpha=0.3)
+    markers = {"o": "drop, 95% CI (pass)", "X": "drop, 95% CI (fail)"}
+    shown = {"o" if r.passed else "X" for r in recs}
+    _legend(
+        ax,
+        [(text, {"color": "#666666", "marker": m, "linewidth": 2.5}) for m, text in markers.items() if m in shown],
+        first=True,
+    )
 
 
 def _row_label(name: str, rec: CheckRecord) -> str:

@@ -226,31 +226,53 @@ def markdown_report(
     """
     failed = [r for r in records if not r.passed]
     cands = candidates_of(records)
-    if incomplete_reason is not None:  # never "all passed" for a run that did not finish
-        verdict = (
-            f"⚠️ forgetguard: incomplete run ({incomplete_reason}): {len(records) - len(failed)} of the "
-            f"{len(records)} checks that ran passed; the gate did not finish"
-        )
-    elif not records:
-        verdict = "⚠️ forgetguard: no checks ran"
-    elif not failed:
-        verdict = f"✅ forgetguard: all {len(records)} checks passed"
-    else:
-        verdict = f"❌ forgetguard: {len(failed)} of {len(records)} checks failed"
-    lines = [f"## {verdict}", ""]
+    lines = [f"## {_md_verdict(records, len(failed), incomplete_reason)}", ""]
     lines += [line for notice in notices for line in (f"> ⚠️ {notice}", "")]
     labels = dict(zip(cands, column_labels(cands)))
     if len(cands) > 1:
         passing = [labels[c] for c in cands if all(r.passed for r in records if r.candidate == c)]
         lines += [f"Candidates passing every check: {', '.join(f'`{c}`' for c in passing) or 'none'}.", ""]
+    lines += _md_models(base, candidates, labels)
+    lines += _md_tables(records)
+    lines += _md_notes(records)
+    for r in failed:
+        lines += ["", f"<details><summary>{r.verdict}: {r.name} ({labels[r.candidate]})</summary>", ""]
+        lines += ["```", (r.error or r.details.get("message") or "").strip(), "```", "</details>"]
+    if plots:
+        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
+    return "\n".join(lines) + "\n"
+
+
+def _md_verdict(records: Sequence[CheckRecord], failed: int, incomplete_reason: str | None) -> str:
+    """The headline; never "all passed" for a run that did not finish."""
+    if incomplete_reason is not None:
+        return (
+            f"⚠️ forgetguard: incomplete run ({incomplete_reason}): {len(records) - failed} of the "
+            f"{len(records)} checks that ran passed; the gate did not finish"
+        )
+    if not records:
+        return "⚠️ forgetguard: no checks ran"
+    if not failed:
+        return f"✅ forgetguard: all {len(records)} checks passed"
+    return f"❌ forgetguard: {failed} of {len(records)} checks failed"
+
+
+def _md_models(base: dict[str, Any] | None, candidates: Sequence[dict[str, Any]], labels: dict[str, str]) -> list[str]:
+    """The one table that names the models in full (SPEC and fingerprint) beside their short ids."""
     models = ([("base", base)] if base else []) + [("candidate", c) for c in candidates]
-    if models:
-        lines += [_md_row(("model", "SPEC", "fingerprint")), "|---|---|---|"]
-        for role, info in models:
-            spec = str(info.get("spec"))
-            short = labels.get(spec, candidate_id(spec))
-            lines.append(_md_row((f"{role} `{short}`", f"`{spec}`", f"`{info.get('fingerprint')}`")))
-        lines.append("")
+    if not models:
+        return []
+    lines = [_md_row(("model", "SPEC", "fingerprint")), "|---|---|---|"]
+    for role, info in models:
+        spec = str(info.get("spec"))
+        short = labels.get(spec, candidate_id(spec))
+        lines.append(_md_row((f"{role} `{short}`", f"`{spec}`", f"`{info.get('fingerprint')}`")))
+    return [*lines, ""]
+
+
+def _md_tables(records: Sequence[CheckRecord]) -> list[str]:
+    """The side-by-side grid (several candidates), then the full table."""
+    lines: list[str] = []
     grid = side_by_side(records)
     if grid is not None:
         headers, body, _ = grid
@@ -260,6 +282,12 @@ def markdown_report(
     if records:
         lines += [_md_row(HEADERS), "|" + "---|" * len(HEADERS)]
         lines += [_md_row(row) for row in rows(records)]
+    return lines
+
+
+def _md_notes(records: Sequence[CheckRecord]) -> list[str]:
+    """The gate's footnotes (a leading ``*`` escaped, else Markdown makes a list item), the forecasts, the warnings."""
+    lines: list[str] = []
     notes_gate = gate_notes(records)
     if notes_gate:
         lines += [""] + [("\\" if note.startswith("*") else "") + f"{note}  " for note in notes_gate]
@@ -270,12 +298,7 @@ def markdown_report(
     if notes:
         lines += ["", "**Warnings**", ""]
         lines += [f"- ⚠️ {message} (checks: {', '.join(f'`{c}`' for c in checks)})" for message, checks in notes]
-    for r in failed:
-        lines += ["", f"<details><summary>{r.verdict}: {r.name} ({labels[r.candidate]})</summary>", ""]
-        lines += ["```", (r.error or r.details.get("message") or "").strip(), "```", "</details>"]
-    if plots:
-        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

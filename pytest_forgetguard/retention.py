@@ -194,32 +194,55 @@ class RetentionResult:
 
         Decided by forecast: the base's score, the allowance and the forecast; nothing measured.
         """
-        forecast_details: dict[str, Any] = {
-            "decided_by": self.decided_by,
-            "forecast": self.forecast,
-            "series": self.series,
-        }
+        decision = {**self._verdict_details(), **self._forecast_details()}
+        if self.decided_by == "forecast":
+            return CheckRecord(
+                name=name, kind="retention", candidate=candidate, metric=self.metric, base_value=self.base_value,
+                budget=self.allowance,
+                details={"tasks": list(self.tasks), "gate": self.gate, "max_drop": self.max_drop,
+                         "max_drop_relative": self.max_drop_relative, "higher_is_better": self.higher_is_better,
+                         "base_cached": self.base_cached, **decision},
+            )  # fmt: skip
+        return CheckRecord(
+            name=name,
+            kind="retention",
+            candidate=candidate,
+            metric=self.metric,
+            value=self.candidate_value,
+            base_value=self.base_value,
+            candidate_value=self.candidate_value,
+            delta=self.delta,
+            budget=self.allowance,
+            ci_low=self.ci_low,
+            ci_high=self.ci_high,
+            n=self.n,
+            p_value=self.p_value,
+            details=self._measured_details(decision),
+        )
+
+    def _forecast_details(self) -> dict[str, Any]:
+        """How the check was decided, and the forecast: shown for a measured check too (audits, history)."""
+        details: dict[str, Any] = {"decided_by": self.decided_by, "forecast": self.forecast, "series": self.series}
         if self.audit:
-            forecast_details["audit"] = True
+            details["audit"] = True
         if self.forecast_note:
-            forecast_details["forecast_note"] = self.forecast_note
-        verdict_details: dict[str, Any] = {
-            "verdict": self.verdict_word,
+            details["forecast_note"] = self.forecast_note
+        return details
+
+    def _verdict_details(self) -> dict[str, Any]:
+        """The verdict and what it rests on; a forecast passes or stays inconclusive (it never fails)."""
+        forecast = self.decided_by == "forecast"
+        return {
+            "verdict": ("pass" if self.passed else "inconclusive") if forecast else self.verdict_word,
             "alpha": self.alpha,
             "on_inconclusive": self.on_inconclusive,
             "items_needed": None if self.verdict is None else self.verdict.items_needed,
             "items_total": self.items_total if self.items_total is not None else (self.n or None),
             "looks": self.looks if self.decided_by == "measurement" else 0,
         }
-        if self.decided_by == "forecast":
-            verdict_details["verdict"] = "pass" if self.passed else "inconclusive"
-            return CheckRecord(
-                name=name, kind="retention", candidate=candidate, metric=self.metric, base_value=self.base_value,
-                budget=self.allowance,
-                details={"tasks": list(self.tasks), "gate": self.gate, "max_drop": self.max_drop,
-                         "max_drop_relative": self.max_drop_relative, "higher_is_better": self.higher_is_better,
-                         "base_cached": self.base_cached, **verdict_details, **forecast_details},
-            )  # fmt: skip
+
+    def _measured_details(self, decision: dict[str, Any]) -> dict[str, Any]:
+        """A measured check's details: the drop and its bounds, the flips, the per-task scores, then ``decision``."""
         lo, hi = self.drop_ci
         details: dict[str, Any] = {
             "tasks": list(self.tasks),
@@ -235,28 +258,12 @@ class RetentionResult:
             "lost": self.lost,
             "gained": self.gained,
             "per_task": [vars(t) for t in self.per_task],
-            **verdict_details,
-            **forecast_details,
+            **decision,
         }
         if self.verdict is not None:
             details["method"] = self.verdict.method
             details["provable"] = self.verdict.provable
-        return CheckRecord(
-            name=name,
-            kind="retention",
-            candidate=candidate,
-            metric=self.metric,
-            value=self.candidate_value,
-            base_value=self.base_value,
-            candidate_value=self.candidate_value,
-            delta=self.delta,
-            budget=self.allowance,
-            ci_low=self.ci_low,
-            ci_high=self.ci_high,
-            n=self.n,
-            p_value=self.p_value,
-            details=details,
-        )
+        return details
 
     def failure_message(self, candidate: str, name: str) -> str:
         """What a failed gate says: scores, the verdict with the drop's bounds against the allowance, the
@@ -330,6 +337,43 @@ def compare(
         raise RetentionError("lm-eval produced no task results")
     first = base_runs[tasks[0]]
     metric = metric or first.metrics()[0]
+    hib, aggregation = _comparable_metric(base_runs, metric)
+    fn = aggregation_fn(aggregation) if aggregation_fn else None
+    filter_ = filter_ or first.filters()[0]
+    keys, base_items, cand_items, per_task = _paired_items(base_runs, cand_runs, metric, filter_, aggregation, fn)
+    bv, cv = ItemValues(base_items, aggregation, fn), ItemValues(cand_items, aggregation, fn)
+    base_value, cand_value = bv.value(), cv.value()
+    if not (math.isfinite(base_value) and math.isfinite(cand_value)):
+        raise NonFiniteError(f"{metric} is not finite (base {base_value}, candidate {cand_value})")
+    lo, hi = paired_bootstrap(bv, cv, seed=seed)
+    p_value = lost = gained = None
+    flipped: list[FlippedItem] = []
+    if bv.binary and cv.binary:
+        lost, gained, p_value = mcnemar_exact(bv.a, cv.a)
+        flipped = _flipped(base_runs, cand_runs, keys, bv, cv, hib, filter_, max_flipped)
+    return RetentionResult(
+        tasks=tasks,
+        metric=metric,
+        filter=filter_,
+        higher_is_better=hib,
+        base_value=base_value,
+        candidate_value=cand_value,
+        ci_low=lo,
+        ci_high=hi,
+        n=len(base_items),
+        p_value=p_value,
+        lost=lost,
+        gained=gained,
+        per_task=per_task,
+        flipped=flipped,
+        items_total=len(base_items),
+        paired=(bv, cv),
+    )
+
+
+def _comparable_metric(base_runs: dict[str, TaskRun], metric: str) -> tuple[bool, str]:
+    """The metric's direction and aggregation, the same in every task: else the tasks' items cannot be pooled."""
+    tasks = tuple(base_runs)
     for name in tasks:
         if metric not in base_runs[name].higher_is_better:
             raise RetentionError(
@@ -341,14 +385,24 @@ def compare(
         raise RetentionError(
             f"metric {metric!r} is not comparable across {', '.join(tasks)} (different direction or aggregation)"
         )
-    aggregation = aggs.pop()
-    fn = aggregation_fn(aggregation) if aggregation_fn else None
-    filter_ = filter_ or first.filters()[0]
+    return hib.pop(), aggs.pop()
+
+
+def _paired_items(
+    base_runs: dict[str, TaskRun],
+    cand_runs: dict[str, TaskRun],
+    metric: str,
+    filter_: str,
+    aggregation: str,
+    fn: object,
+) -> tuple[list[tuple[str, int]], list[Any], list[Any], list[TaskDelta]]:
+    """Both runs' values on the same items, task by task in doc order: (task, doc_id) keys, the base's and the
+    candidate's values, and each task's scores. Items scored in one run only mean the data changed: an error."""
     base_items: list[Any] = []
     cand_items: list[Any] = []
     keys: list[tuple[str, int]] = []
     per_task = []
-    for name in tasks:
+    for name in base_runs:
         if name not in cand_runs:
             raise RetentionError(f"the candidate has no results for task {name!r}")
         b, c = base_runs[name].values(metric, filter_), cand_runs[name].values(metric, filter_)
@@ -373,38 +427,25 @@ def compare(
                 ItemValues([c[k] for k in ordered], aggregation, fn).value(),
             )
         )
-    bv, cv = ItemValues(base_items, aggregation, fn), ItemValues(cand_items, aggregation, fn)
-    base_value, cand_value = bv.value(), cv.value()
-    if not (math.isfinite(base_value) and math.isfinite(cand_value)):
-        raise NonFiniteError(f"{metric} is not finite (base {base_value}, candidate {cand_value})")
-    lo, hi = paired_bootstrap(bv, cv, seed=seed)
-    p_value = lost = gained = None
+    return keys, base_items, cand_items, per_task
+
+
+def _flipped(
+    base_runs: dict[str, TaskRun],
+    cand_runs: dict[str, TaskRun],
+    keys: list[tuple[str, int]],
+    bv: ItemValues,
+    cv: ItemValues,
+    higher_is_better: bool,
+    filter_: str,
+    max_flipped: int,
+) -> list[FlippedItem]:
+    """The first ``max_flipped`` 0/1 items the base got right and the candidate wrong, with both answers."""
+    good = 1.0 if higher_is_better else 0.0
     flipped: list[FlippedItem] = []
-    if bv.binary and cv.binary:
-        lost, gained, p_value = mcnemar_exact(bv.a, cv.a)
-        good = 1.0 if hib.pop() else 0.0
-        for (name, doc_id), x, y in zip(keys, bv.a, cv.a):
-            if x == good and y != good and len(flipped) < max_flipped:
-                sb = base_runs[name].sample(doc_id, filter_)
-                sc = cand_runs[name].sample(doc_id, filter_)
-                flipped.append(
-                    FlippedItem(name, doc_id, sb["prompt"], sb["target"], sb.get("answer"), sc.get("answer"))
-                )
-    return RetentionResult(
-        tasks=tasks,
-        metric=metric,
-        filter=filter_,
-        higher_is_better=base_runs[tasks[0]].higher_is_better[metric],
-        base_value=base_value,
-        candidate_value=cand_value,
-        ci_low=lo,
-        ci_high=hi,
-        n=len(base_items),
-        p_value=p_value,
-        lost=lost,
-        gained=gained,
-        per_task=per_task,
-        flipped=flipped,
-        items_total=len(base_items),
-        paired=(bv, cv),
-    )
+    for (name, doc_id), x, y in zip(keys, bv.a, cv.a):
+        if x == good and y != good and len(flipped) < max_flipped:
+            sb = base_runs[name].sample(doc_id, filter_)
+            sc = cand_runs[name].sample(doc_id, filter_)
+            flipped.append(FlippedItem(name, doc_id, sb["prompt"], sb["target"], sb.get("answer"), sc.get("answer")))
+    return flipped

@@ -362,86 +362,18 @@ def parse_suite(data: Any, path: Path, lines: Lines | None = None, display: str 
     if not isinstance(data, dict):
         raise where.error((), f"a suite is a mapping with a 'checks' list, got {_show(data)}")
     _check_keys(where, (), "", data, TOP_KEYS)
-
-    scalars: dict[str, Any] = {}
-    for name in ("device", "dtype", "seed"):
-        if name in data:
-            scalars[name] = _value(where, (name,), name, data[name], TOP_KEYS[name], directory)
-
-    base: str | None = None
-    candidates: tuple[str, ...] = ()
-    model_specs: list[tuple[tuple[Any, ...], str]] = []
-    if "models" in data:
-        models = _mapping(where, ("models",), "models", data["models"])
-        _check_keys(where, ("models",), "models", models, MODEL_KEYS)
-        if "base" in models:
-            model_specs += _resolve_model(where, ("models", "base"), "models.base", models["base"], directory)
-            base = model_specs[-1][1]
-        if "candidate" in models:
-            found = _resolve_model(where, ("models", "candidate"), "models.candidate", models["candidate"], directory)
-            model_specs += found
-            candidates = tuple(spec for _, spec in found)
-
-    defaults: dict[str, dict[str, Any]] = {}
-    if "defaults" in data:
-        raw_defaults = _mapping(where, ("defaults",), "defaults", data["defaults"])
-        _check_keys(where, ("defaults",), "defaults", raw_defaults, DEFAULTS_KEYS)
-        for kind, raw in raw_defaults.items():
-            defaults[kind] = _options(where, ("defaults", kind), f"defaults.{kind}", kind, raw, directory)
-
-    if "checks" not in data:
-        raise where.error((), "missing 'checks': a suite needs a non-empty list of checks")
-    checks_raw = data["checks"]
-    if not isinstance(checks_raw, list) or not checks_raw:
-        raise where.error(("checks",), f"'checks' must be a non-empty list of checks, got {_show(checks_raw)}")
-    checks: list[CheckSpec] = []
-    seen: dict[str, int | None] = {}
-    for i, item in enumerate(checks_raw):
-        keys: tuple[Any, ...] = ("checks", i)
-        if not isinstance(item, dict):
-            raise where.error(
-                keys, f"check #{i + 1}: must be a mapping with 'name' and one of {', '.join(KINDS)}, got {_show(item)}"
-            )
-        if "name" not in item:
-            raise where.error(keys, f"check #{i + 1}: missing 'name' (a non-empty string)")
-        name = _value(where, keys + ("name",), f"check #{i + 1}: name", item["name"], CHECK_KEYS["name"], directory)
-        line = _line_of(where.lines, keys)
-        if name in seen:
-            first = f" (first on line {seen[name]})" if seen[name] else ""
-            raise where.error(keys + ("name",), f"check {name!r}: duplicate name{first}; names must be unique")
-        seen[name] = line
-        label = f"check {name!r}"
-        _check_keys(where, keys, label, item, CHECK_KEYS)
-        kinds = [k for k in KINDS if k in item]
-        if len(kinds) != 1:
-            got = f" (it has {' and '.join(kinds)})" if kinds else ""
-            raise where.error(keys, f"{label}: needs exactly one of {', '.join(KINDS)}{got}")
-        kind = kinds[0]
-        own = _options(where, keys + (kind,), f"{label}: {kind}", kind, item[kind], directory)
-        options = {**defaults.get(kind, {}), **own}
-        _require(where, keys + (kind,), f"{label}: {kind}", kind, options)
-        if kind == "kl":
-            at = keys + (kind, "prompts") if "prompts" in own else ("defaults", "kl", "prompts")
-            _check_prompts(where, at, f"{label}: kl.prompts", options["prompts"])
-
-        marks: tuple[str, ...] = ()
-        if "marks" in item:
-            raw_marks = _value(
-                where, keys + ("marks",), f"{label}: marks", item["marks"], CHECK_KEYS["marks"], directory
-            )
-            marks = tuple(raw_marks) if isinstance(raw_marks, list) else (raw_marks,)
-        skip: str | None = None
-        if "skip" in item:
-            raw_skip = _value(where, keys + ("skip",), f"{label}: skip", item["skip"], CHECK_KEYS["skip"], directory)
-            skip = (DEFAULT_SKIP_REASON if raw_skip else None) if isinstance(raw_skip, bool) else raw_skip
-        if kind == "retention":
-            _check_forecast(where, keys + (kind,), label, options, checks)
-            _check_items(where, keys + (kind,), label, options)
-        checks.append(CheckSpec(name, kind, options, marks=marks, skip=skip, line=line, index=i))
+    scalars = {
+        name: _value(where, (name,), name, data[name], TOP_KEYS[name], directory)
+        for name in ("device", "dtype", "seed")
+        if name in data
+    }
+    base, candidates, model_specs = _models(where, data, directory)
+    defaults = _defaults(where, data, directory)
+    checks = _checks(where, data, defaults, directory)
     _check_models(where, model_specs)
     return Suite(
         path=path,
-        checks=tuple(checks),
+        checks=checks,
         base=base,
         candidates=candidates,
         device=scalars.get("device"),
@@ -450,6 +382,112 @@ def parse_suite(data: Any, path: Path, lines: Lines | None = None, display: str 
         defaults=defaults,
         lines=dict(where.lines),
     )
+
+
+def _models(
+    where: _Where, data: dict[Any, Any], directory: Path
+) -> tuple[str | None, tuple[str, ...], list[tuple[tuple[Any, ...], str]]]:
+    """``models``: the base, the candidates, and every SPEC with where it is written (checked last)."""
+    base: str | None = None
+    candidates: tuple[str, ...] = ()
+    model_specs: list[tuple[tuple[Any, ...], str]] = []
+    if "models" not in data:
+        return base, candidates, model_specs
+    models = _mapping(where, ("models",), "models", data["models"])
+    _check_keys(where, ("models",), "models", models, MODEL_KEYS)
+    if "base" in models:
+        model_specs += _resolve_model(where, ("models", "base"), "models.base", models["base"], directory)
+        base = model_specs[-1][1]
+    if "candidate" in models:
+        found = _resolve_model(where, ("models", "candidate"), "models.candidate", models["candidate"], directory)
+        model_specs += found
+        candidates = tuple(spec for _, spec in found)
+    return base, candidates, model_specs
+
+
+def _defaults(where: _Where, data: dict[Any, Any], directory: Path) -> dict[str, dict[str, Any]]:
+    """``defaults``: per kind, options merged under each check of that kind (validated on their own)."""
+    defaults: dict[str, dict[str, Any]] = {}
+    if "defaults" in data:
+        raw_defaults = _mapping(where, ("defaults",), "defaults", data["defaults"])
+        _check_keys(where, ("defaults",), "defaults", raw_defaults, DEFAULTS_KEYS)
+        for kind, raw in raw_defaults.items():
+            defaults[kind] = _options(where, ("defaults", kind), f"defaults.{kind}", kind, raw, directory)
+    return defaults
+
+
+def _checks(
+    where: _Where, data: dict[Any, Any], defaults: dict[str, dict[str, Any]], directory: Path
+) -> tuple[CheckSpec, ...]:
+    """``checks``: each one in order, since names must be unique and a forecast names a check above it."""
+    if "checks" not in data:
+        raise where.error((), "missing 'checks': a suite needs a non-empty list of checks")
+    checks_raw = data["checks"]
+    if not isinstance(checks_raw, list) or not checks_raw:
+        raise where.error(("checks",), f"'checks' must be a non-empty list of checks, got {_show(checks_raw)}")
+    checks: list[CheckSpec] = []
+    seen: dict[str, int | None] = {}
+    for i, item in enumerate(checks_raw):
+        checks.append(_check(where, i, item, defaults, checks, seen, directory))
+    return tuple(checks)
+
+
+def _check(
+    where: _Where,
+    i: int,
+    item: Any,
+    defaults: dict[str, dict[str, Any]],
+    earlier: list[CheckSpec],
+    seen: dict[str, int | None],
+    directory: Path,
+) -> CheckSpec:
+    """One check: its name (recorded in ``seen``), its one kind's options over the defaults, marks and skip."""
+    keys: tuple[Any, ...] = ("checks", i)
+    if not isinstance(item, dict):
+        raise where.error(
+            keys, f"check #{i + 1}: must be a mapping with 'name' and one of {', '.join(KINDS)}, got {_show(item)}"
+        )
+    if "name" not in item:
+        raise where.error(keys, f"check #{i + 1}: missing 'name' (a non-empty string)")
+    name = _value(where, keys + ("name",), f"check #{i + 1}: name", item["name"], CHECK_KEYS["name"], directory)
+    line = _line_of(where.lines, keys)
+    if name in seen:
+        first = f" (first on line {seen[name]})" if seen[name] else ""
+        raise where.error(keys + ("name",), f"check {name!r}: duplicate name{first}; names must be unique")
+    seen[name] = line
+    label = f"check {name!r}"
+    _check_keys(where, keys, label, item, CHECK_KEYS)
+    kinds = [k for k in KINDS if k in item]
+    if len(kinds) != 1:
+        got = f" (it has {' and '.join(kinds)})" if kinds else ""
+        raise where.error(keys, f"{label}: needs exactly one of {', '.join(KINDS)}{got}")
+    kind = kinds[0]
+    own = _options(where, keys + (kind,), f"{label}: {kind}", kind, item[kind], directory)
+    options = {**defaults.get(kind, {}), **own}
+    _require(where, keys + (kind,), f"{label}: {kind}", kind, options)
+    if kind == "kl":
+        at = keys + (kind, "prompts") if "prompts" in own else ("defaults", "kl", "prompts")
+        _check_prompts(where, at, f"{label}: kl.prompts", options["prompts"])
+    marks, skip = _marks_and_skip(where, keys, label, item, directory)
+    if kind == "retention":
+        _check_forecast(where, keys + (kind,), label, options, earlier)
+        _check_items(where, keys + (kind,), label, options)
+    return CheckSpec(name, kind, options, marks=marks, skip=skip, line=line, index=i)
+
+
+def _marks_and_skip(
+    where: _Where, keys: tuple[Any, ...], label: str, item: dict[Any, Any], directory: Path
+) -> tuple[tuple[str, ...], str | None]:
+    """A check's pytest marks (one or a list) and its skip reason (``skip: true`` gets a default one)."""
+    marks: tuple[str, ...] = ()
+    if "marks" in item:
+        raw_marks = _value(where, keys + ("marks",), f"{label}: marks", item["marks"], CHECK_KEYS["marks"], directory)
+        marks = tuple(raw_marks) if isinstance(raw_marks, list) else (raw_marks,)
+    skip: str | None = None
+    if "skip" in item:
+        raw_skip = _value(where, keys + ("skip",), f"{label}: skip", item["skip"], CHECK_KEYS["skip"], directory)
+        skip = (DEFAULT_SKIP_REASON if raw_skip else None) if isinstance(raw_skip, bool) else raw_skip
+    return marks, skip
 
 
 # -- YAML with lines ---------------------------------------------------------------
