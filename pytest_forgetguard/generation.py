@@ -30,7 +30,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import torch
@@ -162,14 +162,9 @@ def sample_responses(
     """
     import torch
 
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 (use sample_from: dataset for fixed responses)")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token to condition on")
+    from . import progress
+
+    _check_sampling(prompts, max_new_tokens, temperature, batch_size)
     tok = handle.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if pad_id is None:
@@ -178,76 +173,136 @@ def sample_responses(
     # Similar lengths share a batch: less padding, less wasted compute.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
-    from . import progress
-
     handle.load()  # its own progress line
     dev = handle.device
     label = f"sampling from {handle.role} {handle.short_label}"
     with handle.active() as model, torch.no_grad(), progress.task(label, len(prompts), "prompts") as task:
-        cache_name, keep = forward_names(model)
+        names = forward_names(model)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                p = list(prompts[i])
-                ids[r, width - len(p) :] = torch.tensor(p)
-                mask[r, width - len(p) :] = 1
-            # Left padding shifts the real tokens right; positions must still start at 0
-            # for each row's first real token (pads get 0, and are masked anyway).
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            ids, mask, positions = ids.to(dev), mask.to(dev), positions.to(dev)
-            sampler = _RowSampler(
-                handle, [torch.Generator().manual_seed(prompt_seed(seed, prompts[i])) for i in rows], temperature, vocab
-            )
-            responses: list[list[int]] = [[] for _ in rows]
-            done = [False] * len(rows)
-            live = list(range(len(rows)))  # the batch's rows, as indexes into ``rows``
-            past = None
-            step_ids, step_pos = ids, positions
-            for _ in range(max_new_tokens):
-                result = model(
-                    input_ids=step_ids,
-                    attention_mask=mask,
-                    position_ids=step_pos,
-                    use_cache=True,
-                    **{cache_name: past},
-                    **keep,
-                )
-                # The output field carries the same name as the argument.
-                past = getattr(result, cache_name)
-                choice = sampler(result.logits[:, -1, :])
-                for r, t in zip(live, choice.tolist()):
-                    if not done[r]:  # a row kept decoding after its EOS (see below): its tokens are discarded
-                        responses[r].append(t)
-                        done[r] = t in eos
-                going = [k for k, r in enumerate(live) if not done[r]]
-                if not going:
-                    break
-                ids = torch.cat([ids, choice.view(-1, 1).to(dev)], dim=1)
-                positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-                mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-                if len(going) < len(live) and (past is None or hasattr(past, "batch_select_indices")):
-                    # Finished rows leave the batch (their KV cache too): with long limits most decode
-                    # steps were spent on them. Rows never influence each other, and each keeps its
-                    # own generator, so the others draw the same tokens.
-                    index = torch.tensor(going, device=dev)
-                    if past is not None:
-                        past.batch_select_indices(index)
-                    ids, positions, mask = ids[index], positions[index], mask[index]
-                    sampler.select(going)
-                    live = [live[k] for k in going]
-                # (A cache that cannot drop rows keeps them decoding; their tokens are discarded.)
-                if past is None:
-                    # A model that keeps no KV cache sees the whole sequence again: slow, still exact.
-                    step_ids, step_pos = ids, positions
-                else:
-                    step_ids, step_pos = ids[:, -1:], positions[:, -1:]
+            tokens = _Tokens.left_padded([prompts[i] for i in rows], pad_id, dev)
+            generators = [torch.Generator().manual_seed(prompt_seed(seed, prompts[i])) for i in rows]
+            sampler = _RowSampler(handle, generators, temperature, vocab)
+            responses = _decode(model, names, tokens, sampler, max_new_tokens, eos)
             for r, i in enumerate(rows):
                 out[i] = responses[r]
             task.advance(len(rows))
     return out
+
+
+def _check_sampling(prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float, batch_size: int) -> None:
+    """Refuse, before the model loads, arguments no sampling can honour."""
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use sample_from: dataset for fixed responses)")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token to condition on")
+
+
+class _Tokens(NamedTuple):
+    """A decode batch's token ids, attention mask and position ids, one row per prompt still decoding."""
+
+    ids: "torch.Tensor"
+    mask: "torch.Tensor"
+    positions: "torch.Tensor"
+
+    @classmethod
+    def left_padded(cls, prompts: Sequence[Sequence[int]], pad_id: int, device: "torch.device") -> "_Tokens":
+        """Left padding, so every row's next token goes in the same column.
+
+        Left padding shifts the real tokens right; positions must still start at 0
+        for each row's first real token (pads get 0, and are masked anyway).
+        """
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = torch.tensor(list(p))
+            mask[r, width - len(p) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return cls(ids.to(device), mask.to(device), positions.to(device))
+
+    def grown(self, choice: "torch.Tensor", device: "torch.device") -> "_Tokens":
+        """With each row's sampled token appended: one more position, attended to."""
+        import torch
+
+        ids = torch.cat([self.ids, choice.view(-1, 1).to(device)], dim=1)
+        positions = torch.cat([self.positions, self.positions[:, -1:] + 1], dim=1)
+        mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        return _Tokens(ids, mask, positions)
+
+    def kept(self, index: "torch.Tensor") -> "_Tokens":
+        """Only the rows at ``index``."""
+        return _Tokens(self.ids[index], self.mask[index], self.positions[index])
+
+    def fed(self, cached: bool) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """The ids and positions a forward pass reads: only the newest when a KV cache holds the rest.
+
+        A model that keeps no KV cache sees the whole sequence again: slow, still exact.
+        """
+        if not cached:
+            return self.ids, self.positions
+        return self.ids[:, -1:], self.positions[:, -1:]
+
+
+def _decode(
+    model: Any,
+    names: tuple[str, dict[str, int]],
+    tokens: _Tokens,
+    sampler: _RowSampler,
+    max_new_tokens: int,
+    eos: set[int],
+) -> list[list[int]]:
+    """One batch's responses: a forward pass per token over the model's KV cache, rows leaving as they finish.
+
+    ``names`` are :func:`forward_names`' (the KV-cache argument, the last-logits-only option).
+    """
+    import torch
+
+    cache_name, keep = names
+    dev = tokens.ids.device
+    responses: list[list[int]] = [[] for _ in range(tokens.ids.shape[0])]
+    done = [False] * len(responses)
+    live = list(range(len(responses)))  # the batch's rows, as indexes into ``responses``
+    past = None
+    for _ in range(max_new_tokens):
+        step_ids, step_positions = tokens.fed(cached=past is not None)
+        result = model(
+            input_ids=step_ids,
+            attention_mask=tokens.mask,
+            position_ids=step_positions,
+            use_cache=True,
+            **{cache_name: past},
+            **keep,
+        )
+        # The output field carries the same name as the argument.
+        past = getattr(result, cache_name)
+        choice = sampler(result.logits[:, -1, :])
+        for r, t in zip(live, choice.tolist()):
+            if not done[r]:  # a row kept decoding after its EOS (see below): its tokens are discarded
+                responses[r].append(t)
+                done[r] = t in eos
+        going = [k for k, r in enumerate(live) if not done[r]]
+        if not going:
+            break
+        tokens = tokens.grown(choice, dev)
+        if len(going) < len(live) and (past is None or hasattr(past, "batch_select_indices")):
+            # Finished rows leave the batch (their KV cache too): with long limits most decode
+            # steps were spent on them. Rows never influence each other, and each keeps its
+            # own generator, so the others draw the same tokens.
+            index = torch.tensor(going, device=dev)
+            if past is not None:
+                past.batch_select_indices(index)
+            tokens = tokens.kept(index)
+            sampler.select(going)
+            live = [live[k] for k in going]
+        # (A cache that cannot drop rows keeps them decoding; their tokens are discarded.)
+    return responses
 
 
 def _eos_ids(handle: "ModelLike") -> list[int]:

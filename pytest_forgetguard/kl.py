@@ -15,14 +15,14 @@ positions only, in float32 whatever the model dtype.
 Example::
 
     seqs = [TokenSequence(index=0, prompt_ids=[1, 2, 3], response_ids=[4, 5])]
-    result = teacher_forced_kl(base_handle, cand_handle, seqs, direction="forward")
+    result = teacher_forced_kl(base_handle, cand_handle, seqs, KLOptions(direction="forward", batch_size=4))
     result.value, result.ci_low, result.ci_high
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -424,114 +424,208 @@ def _project(head: Any, states: "torch.Tensor", vocab: int | None, out: "torch.T
     return out
 
 
+@dataclass(frozen=True)
+class KLOptions:
+    """How :func:`teacher_forced_kl` runs and what its result is labelled with.
+
+    ``direction`` is the gated one (forward = KL(base || candidate), reverse,
+    symmetric); ``sample_from`` and ``seed`` only label the result (who wrote
+    the responses; the bootstrap's seed). ``batch_size`` sequences run through
+    the transformer bodies together and the LM heads run on ``slice_positions``
+    positions at a time: both bound memory and change no number. ``vocab``
+    restricts the comparison to the first ``vocab`` ids (used when the user
+    allowed a vocabulary mismatch). ``decode`` names token ids in reports.
+    Checked when built, so a bad value fails before any model runs.
+
+    Example::
+
+        teacher_forced_kl(base, candidate, seqs, KLOptions(direction="reverse", batch_size=4))
+    """
+
+    direction: str = "forward"
+    sample_from: str = "dataset"
+    batch_size: int = 8
+    slice_positions: int = 256
+    vocab: int | None = None
+    seed: int = 0
+    decode: Callable[[int], str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
+        if self.batch_size < 1 or self.slice_positions < 1:
+            raise ValueError("batch_size and slice_positions must be >= 1")
+
+
 def teacher_forced_kl(
     base: "ModelLike",
     candidate: "ModelLike",
     sequences: Sequence[TokenSequence],
-    direction: str = "forward",
-    sample_from: str = "dataset",
-    batch_size: int = 8,
-    slice_positions: int = 256,
-    vocab: int | None = None,
-    seed: int = 0,
-    decode: Callable[[int], str] | None = None,
+    options: KLOptions | None = None,
+    *,
     base_states: "BaseStates | None" = None,
+    **overrides: Any,
 ) -> KLResult:
-    """Exact per-token KL on fixed (teacher-forced) responses.
+    """Exact per-token KL on fixed (teacher-forced) responses, run as ``options`` say.
 
-    ``vocab`` restricts the comparison to the first ``vocab`` ids (used when
-    the user allowed a vocabulary mismatch). Results do not depend on
-    ``batch_size`` or on the order of ``sequences``. ``base_states`` keeps the
-    base's hidden states by batch (:mod:`~pytest_forgetguard.base_states`): the
-    base runs once for every candidate scored on the same sequences.
+    Results do not depend on ``batch_size`` or on the order of ``sequences``.
+    ``base_states`` keeps the base's hidden states by batch
+    (:mod:`~pytest_forgetguard.base_states`): the base runs once for every
+    candidate scored on the same sequences. ``overrides`` are
+    :class:`KLOptions` fields by keyword (``batch_size=4``), applied over
+    ``options``: the call path of the callers written before the options object.
     """
     import torch
 
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-    if batch_size < 1 or slice_positions < 1:
-        raise ValueError("batch_size and slice_positions must be >= 1")
+    from . import progress
+
+    opts = options or KLOptions()
+    if overrides:
+        opts = replace(opts, **overrides)
+    _check_sequences(sequences)
+    tok = base.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    scorers = _Scorer(base), _Scorer(candidate)
+    work = _Workspace()
+    out = _Outputs(sequences)
+    # Sorting by length keeps padding (wasted compute) small; results are per sequence.
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].response_ids))
+    with torch.no_grad(), progress.task("scoring KL", total=len(order), unit="prompts") as task:
+        for start in range(0, len(order), opts.batch_size):
+            picked = order[start : start + opts.batch_size]
+            batch = _Batch.right_padded([sequences[i] for i in picked], pad_id, base.device)
+            hb, hc = _scored_states(scorers, batch, base_states)
+            out.fill(picked, batch.sequences, _kl_slices(scorers, hb, hc, opts.slice_positions, opts.vocab, work))
+            task.advance(len(picked))
+    prompts = out.in_order()
+    return KLResult(
+        direction=opts.direction, sample_from=opts.sample_from, prompts=prompts, decode=opts.decode, seed=opts.seed
+    )
+
+
+def _check_sequences(sequences: Sequence[TokenSequence]) -> None:
+    """Refuse, before any model runs, what cannot be scored: no sequences, or an empty prompt or response."""
     if not sequences:
         raise ValueError("no sequences to score")
     for s in sequences:
         if len(s.prompt_ids) == 0 or len(s.response_ids) == 0:
             raise ValueError(f"sequence {s.index}: prompt and response must both be non-empty")
-    tok = base.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    scorers = _Scorer(base), _Scorer(candidate)
-    work = _Workspace()
-    results: dict[int, PromptKL] = {}
-    # Sorting by length keeps padding (wasted compute) small; results are per sequence.
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].response_ids))
-    # Every result lives in one array per kind for the whole run, a view per prompt. Small arrays
-    # allocated per micro-batch and kept among the transformer's large temporaries fragmented the
-    # heap: peak memory crept up with the number of prompts (+128 MiB from 64 to 256 on SmolLM2).
-    starts = np.cumsum([0] + [len(s.response_ids) for s in sequences])
-    total = int(starts[-1])
-    out_f, out_r = np.empty(total), np.empty(total)
-    out_tb, out_tc = np.empty(total, dtype=np.int64), np.empty(total, dtype=np.int64)
-    out_ids = np.fromiter((t for s in sequences for t in s.response_ids), dtype=np.int64, count=total)
-    from . import progress
 
-    with torch.no_grad(), progress.task("scoring KL", total=len(order), unit="prompts") as task:
-        for start in range(0, len(order), batch_size):
-            picked = order[start : start + batch_size]
-            batch = [sequences[i] for i in picked]
-            # The last response token is predicted, never fed.
-            inputs = [list(s.prompt_ids) + list(s.response_ids[:-1]) for s in batch]
-            width = max(len(x) for x in inputs)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            rows: list[int] = []
-            cols: list[int] = []
-            for r, (s, x) in enumerate(zip(batch, inputs)):
-                ids[r, : len(x)] = torch.tensor(x)
-                mask[r, : len(x)] = 1
-                first = len(s.prompt_ids) - 1
-                rows.extend([r] * len(s.response_ids))
-                cols.extend(range(first, first + len(s.response_ids)))
-            dev = base.device
-            ids, mask = ids.to(dev), mask.to(dev)
-            row_t, col_t = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
-            hb = None
-            # Only hidden states are kept (in fallback mode the base's "states" are whole logits).
-            key = base_states.key(base, ids, mask, row_t, col_t) if base_states is not None else None
-            if key is not None and base_states is not None and scorers[0].prepare(ids, mask):
-                hb = base_states.load(key, len(rows), dev)
-            fresh = hb is None
-            if hb is None:
-                hb = scorers[0].hidden(ids, mask, row_t, col_t)
-            hc = scorers[1].hidden(ids, mask, row_t, col_t)
-            _refuse_non_finite(scorers, (hb, hc), batch)
-            if fresh and key is not None and base_states is not None and scorers[0].split:
-                base_states.store(key, hb)  # after the finiteness check: only a good base pass is kept
-            fwd, rev, tb, tc = _kl_slices(scorers, hb, hc, slice_positions, vocab, work)
-            offset = 0
-            for i, s in zip(picked, batch):
-                n = len(s.response_ids)
-                sl = slice(int(starts[i]), int(starts[i + 1]))
-                out_f[sl], out_r[sl] = fwd[offset : offset + n], rev[offset : offset + n]
-                out_tb[sl], out_tc[sl] = tb[offset : offset + n], tc[offset : offset + n]
-                offset += n
-                f, rv = out_f[sl], out_r[sl]
-                if not (np.isfinite(f).all() and np.isfinite(rv).all()):
-                    bad = int(np.flatnonzero(~(np.isfinite(f) & np.isfinite(rv)))[0])
-                    raise NonFiniteError(
-                        f"KL is NaN/inf at prompt {s.index}, response token {bad}: a model produced "
-                        "NaN/inf logits or gives zero probability to a token the other predicts"
-                    )
-                results[s.index] = PromptKL(
-                    index=s.index,
-                    label=s.label,
-                    response_ids=out_ids[sl],
-                    forward=f,
-                    reverse=rv,
-                    base_top1=out_tb[sl],
-                    cand_top1=out_tc[sl],
+
+@dataclass(frozen=True)
+class _Batch:
+    """One micro-batch on the device: token ids, mask, and the (row, column) of every scored position."""
+
+    sequences: list[TokenSequence]
+    ids: "torch.Tensor"
+    mask: "torch.Tensor"
+    rows: "torch.Tensor"
+    cols: "torch.Tensor"
+    device: "torch.device"
+
+    @classmethod
+    def right_padded(cls, batch: list[TokenSequence], pad_id: int, device: "torch.device") -> "_Batch":
+        """Right padding, so a row's positions need no adjustment; the mask hides the pads.
+
+        The last response token is predicted, never fed: position ``len(prompt) - 1 + t``
+        predicts response token ``t``.
+        """
+        import torch
+
+        inputs = [list(s.prompt_ids) + list(s.response_ids[:-1]) for s in batch]
+        width = max(len(x) for x in inputs)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows: list[int] = []
+        cols: list[int] = []
+        for r, (s, x) in enumerate(zip(batch, inputs)):
+            ids[r, : len(x)] = torch.tensor(x)
+            mask[r, : len(x)] = 1
+            first = len(s.prompt_ids) - 1
+            rows.extend([r] * len(s.response_ids))
+            cols.extend(range(first, first + len(s.response_ids)))
+        row_t, col_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+        return cls(batch, ids.to(device), mask.to(device), row_t, col_t, device)
+
+
+def _scored_states(
+    scorers: tuple[_Scorer, _Scorer], batch: _Batch, base_states: "BaseStates | None"
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Both models' hidden states at the scored positions; the base's served from ``base_states`` when kept.
+
+    Only hidden states are kept (in fallback mode the base's "states" are whole logits), and only
+    after the finiteness check: a bad base pass is never stored.
+    """
+    ids, mask, rows, cols = batch.ids, batch.mask, batch.rows, batch.cols
+    hb = None
+    key = base_states.key(scorers[0].handle, ids, mask, rows, cols) if base_states is not None else None
+    if key is not None and base_states is not None and scorers[0].prepare(ids, mask):
+        hb = base_states.load(key, len(rows), batch.device)
+    fresh = hb is None
+    if hb is None:
+        hb = scorers[0].hidden(ids, mask, rows, cols)
+    hc = scorers[1].hidden(ids, mask, rows, cols)
+    _refuse_non_finite(scorers, (hb, hc), batch.sequences)
+    if fresh and key is not None and base_states is not None and scorers[0].split:
+        base_states.store(key, hb)
+    return hb, hc
+
+
+class _Outputs:
+    """The run's per-token results: one float64 (or int64) array per kind, a view per prompt.
+
+    Small arrays allocated per micro-batch and kept among the transformer's large temporaries
+    fragmented the heap: peak memory crept up with the number of prompts (+128 MiB from 64 to
+    256 on SmolLM2).
+    """
+
+    def __init__(self, sequences: Sequence[TokenSequence]) -> None:
+        self.sequences = sequences
+        self.starts = np.cumsum([0] + [len(s.response_ids) for s in sequences])
+        total = int(self.starts[-1])
+        self.forward, self.reverse = np.empty(total), np.empty(total)
+        self.base_top1, self.cand_top1 = np.empty(total, dtype=np.int64), np.empty(total, dtype=np.int64)
+        self.ids = np.fromiter((t for s in sequences for t in s.response_ids), dtype=np.int64, count=total)
+        self.prompts: dict[int, PromptKL] = {}
+
+    def fill(
+        self,
+        picked: Sequence[int],
+        batch: Sequence[TokenSequence],
+        values: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        """Store one micro-batch's values (``picked`` are the positions of ``batch`` in ``sequences``).
+
+        A non-finite KL is refused here, naming the prompt and response token.
+        """
+        fwd, rev, tb, tc = values
+        offset = 0
+        for i, s in zip(picked, batch):
+            n = len(s.response_ids)
+            sl = slice(int(self.starts[i]), int(self.starts[i + 1]))
+            self.forward[sl], self.reverse[sl] = fwd[offset : offset + n], rev[offset : offset + n]
+            self.base_top1[sl], self.cand_top1[sl] = tb[offset : offset + n], tc[offset : offset + n]
+            offset += n
+            f, rv = self.forward[sl], self.reverse[sl]
+            if not (np.isfinite(f).all() and np.isfinite(rv).all()):
+                bad = int(np.flatnonzero(~(np.isfinite(f) & np.isfinite(rv)))[0])
+                raise NonFiniteError(
+                    f"KL is NaN/inf at prompt {s.index}, response token {bad}: a model produced "
+                    "NaN/inf logits or gives zero probability to a token the other predicts"
                 )
-            task.advance(len(batch))
-    prompts = [results[s.index] for s in sequences]
-    return KLResult(direction=direction, sample_from=sample_from, prompts=prompts, decode=decode, seed=seed)
+            self.prompts[s.index] = PromptKL(
+                index=s.index,
+                label=s.label,
+                response_ids=self.ids[sl],
+                forward=f,
+                reverse=rv,
+                base_top1=self.base_top1[sl],
+                cand_top1=self.cand_top1[sl],
+            )
+
+    def in_order(self) -> list[PromptKL]:
+        """Every prompt's values, in the order of ``sequences``."""
+        return [self.prompts[s.index] for s in self.sequences]
 
 
 def _refuse_non_finite(

@@ -22,22 +22,54 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..cache import cache_key
 from ..errors import KLBudgetExceeded, PromptFileError
-from ..kl import METRICS, KLResult, PromptKL, TokenSequence, teacher_forced_kl
+from ..kl import METRICS, KLOptions, KLResult, PromptKL, TokenSequence, teacher_forced_kl
 from ..prompts import PromptRecord, PromptsLike, as_records, encode_prompt, encode_response, token_digest
 from ..schema import KL_KEYS, range_text
 from .base import LARGE_INPUT, PairChecks, check_number
 
 if TYPE_CHECKING:
+    from ..distributed import DataParallel
     from ..models import ModelLike
 
 DIRECTIONS: tuple[str, ...] = KL_KEYS["direction"].enum
 SAMPLE_FROM: tuple[str, ...] = KL_KEYS["sample_from"].enum
 # The schema documents this default in words ("base, candidate when reverse"); this is the rule.
 DEFAULT_SAMPLE_FROM = {"forward": "base", "reverse": "candidate", "symmetric": "base"}
+
+
+@dataclass(frozen=True)
+class _KLRequest:
+    """One :meth:`KLChecks.kl` call's arguments, validated (``sample_from`` resolved from the direction)."""
+
+    prompts: PromptsLike
+    direction: str
+    sample_from: str
+    max_new_tokens: int
+    temperature: float
+    batch_size: int
+    limit: int | None
+    allow_vocab_mismatch: bool
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The prompts as read and encoded once per call; ``fixed`` is the dataset's responses, None when sampled."""
+
+    records: list[PromptRecord]
+    prompt_ids: list[list[int]]
+    fixed: list[list[int]] | None
+    vocab: int
+    tokenizer: Any
+
+    def decode(self, token: int) -> str:
+        """One token id as text, for the report of the worst positions."""
+        text: str = self.tokenizer.decode([token])
+        return text
 
 
 class KLChecks(PairChecks):
@@ -87,10 +119,11 @@ class KLChecks(PairChecks):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        request = _KLRequest(
+            prompts, direction, sample_from, max_new_tokens, temperature, batch_size, limit, allow_vocab_mismatch
+        )
         with self._measuring():
-            return self._measure_kl(
-                prompts, direction, sample_from, max_new_tokens, temperature, batch_size, limit, allow_vocab_mismatch
-            )
+            return self._measure_kl(request)
 
     def assert_kl_budget(
         self,
@@ -121,99 +154,111 @@ class KLChecks(PairChecks):
 
     # -- the measurement ----------------------------------------------------------------
 
-    def _measure_kl(
-        self,
-        prompts: PromptsLike,
-        direction: str,
-        sample_from: str,
-        max_new_tokens: int,
-        temperature: float,
-        batch_size: int,
-        limit: int | None,
-        allow_vocab_mismatch: bool,
-    ) -> KLResult:
-        # Every rank reads and encodes every prompt (cheap), so a bad line gives the same error as
-        # a single process, and the token digest proves all ranks read the same prompts.
-        records = as_records(prompts)
-        if limit is not None:
-            records = records[:limit]
-        vocab = self._vocab(allow_vocab_mismatch)
+    def _measure_kl(self, request: _KLRequest) -> KLResult:
+        """Read and encode the prompts, then score them here or shared among the torchrun ranks."""
+        prepared = self._prepare(request)
+        series = kl_series(
+            self.base,
+            prepared.prompt_ids,
+            prepared.fixed,
+            request.direction,
+            request.sample_from,
+            request.max_new_tokens,
+            request.temperature,
+            self.seed,
+            prepared.vocab,
+        )
+        if self.parallel is None:
+            result = self._score(request, prepared, list(range(len(prepared.records))))
+        else:
+            result = self._score_sharded(request, prepared, self.parallel)
+        result.series = series
+        return result
+
+    def _prepare(self, request: _KLRequest) -> _Prepared:
+        """The prompts read, encoded and checked, before any forward pass.
+
+        Every rank reads and encodes every prompt (cheap), so a bad line gives the same error as
+        a single process, and the token digest proves all ranks read the same prompts.
+        """
+        records = as_records(request.prompts)
+        if request.limit is not None:
+            records = records[: request.limit]
+        vocab = self._vocab(request.allow_vocab_mismatch)
         tok = self.base.tokenizer
         prompt_ids = [encode_prompt(tok, r) for r in records]
-        fixed = [encode_response(tok, r) for r in records] if sample_from == "dataset" else None
-        lengths = [len(f) for f in fixed] if fixed is not None else [max_new_tokens] * len(records)
+        fixed = [encode_response(tok, r) for r in records] if request.sample_from == "dataset" else None
+        lengths = [len(f) for f in fixed] if fixed is not None else [request.max_new_tokens] * len(records)
         self._context_window_check(records, prompt_ids, lengths, sampled=fixed is None)
-        source = str(prompts) if isinstance(prompts, (str, os.PathLike)) else None
-        large = large_prompt_set(source, prompt_ids, lengths, batch_size, sampled=fixed is None)
+        source = str(request.prompts) if isinstance(request.prompts, (str, os.PathLike)) else None
+        large = large_prompt_set(source, prompt_ids, lengths, request.batch_size, sampled=fixed is None)
         if large is not None:  # before any forward pass: a run that will take hours says so first
             self._warn(large)
-        series = kl_series(
-            self.base, prompt_ids, fixed, direction, sample_from, max_new_tokens, temperature, self.seed, vocab
+        return _Prepared(records, prompt_ids, fixed, vocab, tok)
+
+    def _responses(self, request: _KLRequest, prepared: _Prepared, positions: list[int]) -> list[list[int]]:
+        """The responses scored at ``positions``: the dataset's, or sampled (and cached) from the source model.
+
+        Cached by the source model's fingerprint: a rerun with an unchanged base samples nothing.
+        Seeded per prompt: a shard's samples are the ones a single process draws for them.
+        """
+        if prepared.fixed is not None:
+            return [prepared.fixed[i] for i in positions]
+        from ..generation import cached_sample_responses, decode_batch_size
+
+        source = self.base if request.sample_from == "base" else self.candidate
+        todo = [prepared.prompt_ids[i] for i in positions]
+        responses = cached_sample_responses(
+            source,
+            todo,
+            request.max_new_tokens,
+            seed=self.seed,
+            temperature=request.temperature,
+            batch_size=decode_batch_size(source, todo, request.max_new_tokens, at_least=request.batch_size),
+            vocab=prepared.vocab,
+            cache=self.cache,
         )
+        empty = [prepared.records[i].where for i, resp in zip(positions, responses) if not resp]
+        if empty:
+            raise PromptFileError(f"sampling gave empty responses for {', '.join(empty[:5])}")
+        return responses
 
-        def score(positions: list[int]) -> KLResult:
-            if fixed is not None:
-                responses = [fixed[i] for i in positions]
-            else:
-                from ..generation import cached_sample_responses, decode_batch_size
+    def _score(self, request: _KLRequest, prepared: _Prepared, positions: list[int]) -> KLResult:
+        """The KL over the prompts at ``positions`` (all of them, or one rank's share)."""
+        responses = self._responses(request, prepared, positions)
+        records = prepared.records
+        seqs = [
+            TokenSequence(records[i].index, prepared.prompt_ids[i], resp, label=records[i].display())
+            for i, resp in zip(positions, responses)
+        ]
+        options = KLOptions(
+            direction=request.direction,
+            sample_from=request.sample_from,
+            batch_size=request.batch_size,
+            vocab=prepared.vocab,
+            seed=self.seed,
+            decode=prepared.decode,
+        )
+        return teacher_forced_kl(self.base, self.candidate, seqs, options, base_states=self.base_states)
 
-                source = self.base if sample_from == "base" else self.candidate
-                todo = [prompt_ids[i] for i in positions]
-                # Cached by the source model's fingerprint: a rerun with an unchanged base samples nothing.
-                # Seeded per prompt: a shard's samples are the ones a single process draws for them.
-                responses = cached_sample_responses(
-                    source,
-                    todo,
-                    max_new_tokens,
-                    seed=self.seed,
-                    temperature=temperature,
-                    batch_size=decode_batch_size(source, todo, max_new_tokens, at_least=batch_size),
-                    vocab=vocab,
-                    cache=self.cache,
-                )
-                empty = [records[i].where for i, resp in zip(positions, responses) if not resp]
-                if empty:
-                    raise PromptFileError(f"sampling gave empty responses for {', '.join(empty[:5])}")
-            seqs = [
-                TokenSequence(records[i].index, prompt_ids[i], resp, label=records[i].display())
-                for i, resp in zip(positions, responses)
-            ]
-            return teacher_forced_kl(
-                self.base,
-                self.candidate,
-                seqs,
-                direction=direction,
-                sample_from=sample_from,
-                batch_size=batch_size,
-                vocab=vocab,
-                seed=self.seed,
-                decode=lambda i: tok.decode([i]),
-                base_states=self.base_states,
-            )
-
-        if self.parallel is None:
-            result = score(list(range(len(records))))
-            result.series = series
-            return result
+    def _score_sharded(self, request: _KLRequest, prepared: _Prepared, parallel: "DataParallel") -> KLResult:
+        """Each rank scores its share; only the per-prompt values travel, the statistics are recomputed."""
         from ..distributed import run_sharded
 
         what = (
-            f"kl({_describe(prompts)}, direction={direction}, sample_from={sample_from}, "
-            f"max_new_tokens={max_new_tokens}, temperature={temperature!r}, limit={limit}, "
+            f"kl({_describe(request.prompts)}, direction={request.direction}, sample_from={request.sample_from}, "
+            f"max_new_tokens={request.max_new_tokens}, temperature={request.temperature!r}, limit={request.limit}, "
             f"base={self.base.label}, candidate={self.candidate.label})"
         )
-        # Only the per-prompt values travel: the statistics are recomputed from all of them.
         per_prompt: list[PromptKL] = run_sharded(
-            self.parallel,
+            parallel,
             what,
-            len(records),
-            token_digest(prompt_ids, fixed),
-            lambda positions: score(positions).prompts,
+            len(prepared.records),
+            token_digest(prepared.prompt_ids, prepared.fixed),
+            lambda positions: self._score(request, prepared, positions).prompts,
             models={"base": self.base, "candidate": self.candidate},
         )
-        result = KLResult(direction, sample_from, per_prompt, decode=lambda i: tok.decode([i]), seed=self.seed)
-        result.series = series
-        return result
+        return KLResult(request.direction, request.sample_from, per_prompt, decode=prepared.decode, seed=self.seed)
 
     def _context_window_check(
         self, records: Sequence[PromptRecord], prompt_ids: list[list[int]], responses: list[int], sampled: bool
