@@ -1,10 +1,12 @@
 """lm-evaluation-harness, run on a loaded model: tasks found, per-item results reduced, base results cached.
 
-Both models are evaluated by lm-eval itself (``simple_evaluate`` with the
-already-loaded model wrapped in ``HFLM``, ``log_samples=True``), so any lm-eval
-task works: multiple_choice, loglikelihood, loglikelihood_rolling and
+Both models are evaluated by lm-eval itself (what ``simple_evaluate`` does, with
+the already-loaded model wrapped in ``HFLM``, ``log_samples=True``), so any
+lm-eval task works: multiple_choice, loglikelihood, loglikelihood_rolling and
 generate_until, with lm-eval's own metrics, aggregations and
-``higher_is_better``. What a comparison needs is kept per item
+``higher_is_better``. Only lm-eval's public API is used; where it falls short, a
+small adapter says why and is checked against lm-eval by a canary test
+(:func:`simple_evaluate_results`, :func:`check_task_yaml`). What a comparison needs is kept per item
 (:class:`TaskRun`); every number is checked to be finite, and every forward
 pass under lm-eval too (:func:`finite_logits`). The base model's per-item
 results are cached, keyed by everything that determines them (see
@@ -173,41 +175,99 @@ def _quiet_lm_eval() -> Iterator[None]:
         logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def _without_environment_report() -> Iterator[None]:
-    """lm-eval describes the machine in every result (torch's collect_env: ~20 subprocesses such as
-    ``pip list`` and ``nvidia-smi``; 0.62–0.67 s per call here, 2026-12-01) for its own logs, which we
-    never read."""
-    import lm_eval.evaluator as evaluator
-
-    original = evaluator.add_env_info
-
-    def skipped(storage: dict[str, Any]) -> None:
-        storage["pretty_env_info"] = "not collected (pytest-forgetguard)"
-
-    evaluator.add_env_info = skipped
-    try:
-        yield
-    finally:
-        evaluator.add_env_info = original
+# -- adapters: where lm-eval's public API falls short ---------------------------------
+# Each is checked against lm-eval itself by tests/unit/test_lmeval_adapter.py, which fails when the
+# lm-eval behaviour it reproduces changes.
 
 
-@contextlib.contextmanager
-def _every_rank_gets_results() -> Iterator[None]:
-    """``LOCAL_RANK`` reads 0 while lm-eval runs: it returns results only where it does.
+def simple_evaluate_results(
+    lm: Any,
+    task_manager: Any,
+    tasks: dict[str, Any],
+    *,
+    num_fewshot: int | None,
+    limit: int | float | None,
+    samples: dict[str, list[int]] | None,
+    seed: int,
+    apply_chat_template: bool,
+) -> dict[str, Any] | None:
+    """What ``lm_eval.simple_evaluate`` returns for these arguments, built from lm-eval's public parts.
 
-    lm-eval (0.4.10 and later) returns ``None`` from ``simple_evaluate`` on every process whose
-    ``LOCAL_RANK`` is not 0, assuming tensor parallelism and one reporting process; under torchrun
-    every rank needs the results, to reach the same verdict.
+    ``simple_evaluate(model=lm, tasks=[Task objects], task_manager=..., num_fewshot=..., limit=...,
+    samples=..., log_samples=True, bootstrap_iters=0, apply_chat_template=..., every seed=seed)`` has
+    no argument to skip two things forgetguard cannot use. It ends by describing the machine in its
+    results (``add_env_info``: torch's collect_env, ~20 subprocesses such as ``pip list`` and
+    ``nvidia-smi``, 0.62–0.67 s per call, measured 2026-12-01), which nothing here reads. And since
+    lm-eval 0.4.10 it returns ``None`` on every process whose ``LOCAL_RANK`` is not 0, where under
+    torchrun every rank needs the results, to reach the same verdict.
+
+    So this does what simple_evaluate (0.4.13) does before it calls the public ``lm_eval.evaluate``,
+    for an LM object, Task objects, no ``gen_kwargs`` and no ``predict_only``: seed Python's, numpy's
+    and torch's generators; let ``num_fewshot`` override each task's own, except where a task sets 0,
+    and give a task that sets none 0; seed each task's few-shot sampler. ``lm_eval.evaluate`` returns
+    the results wherever ``lm.rank`` is 0: an LM on one already-loaded model is rank 0 of 1 on every
+    process. The canary test runs this and ``simple_evaluate`` on the same model and tasks and fails
+    when their per-item results differ.
     """
-    saved = os.environ.get("LOCAL_RANK")
-    if saved is not None:
-        os.environ["LOCAL_RANK"] = "0"
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ["LOCAL_RANK"] = saved
+    import random
+
+    import torch
+    from lm_eval import evaluate as lm_eval_evaluate
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    loaded = task_manager.load(list(tasks.values()))
+    for task in loaded["tasks"].values():
+        own = task.get_config("num_fewshot")
+        if num_fewshot is not None and own != 0:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+        elif num_fewshot is None and own is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=seed)
+    results: dict[str, Any] | None = lm_eval_evaluate(
+        lm=lm, task_dict=loaded, limit=limit, samples=samples, bootstrap_iters=0, log_samples=True,
+        apply_chat_template=apply_chat_template, fewshot_as_multiturn=True,
+    )  # fmt: skip
+    return results
+
+
+def _task_yaml_loader() -> Any:
+    """lm-eval's YAML loader for task files (0.4.13): a safe loader that also reads ``!function``."""
+    import yaml
+
+    safe: Any = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
+
+    class TaskYamlLoader(safe):  # type: ignore[misc,valid-type]
+        pass
+
+    # Kept as text: a function is never imported to diagnose its file.
+    TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    return TaskYamlLoader
+
+
+def check_task_yaml(path: Path, _seen: frozenset[Path] = frozenset()) -> None:
+    """Raise what lm-eval's task index meets on a task YAML that it skips as unreadable.
+
+    lm-eval reads task files with ``lm_eval.tasks._yaml_loader.load_yaml``, which is private; its task
+    index skips a file that raises there and logs why at debug level only, then the task is "unknown".
+    Its rules, reproduced here (0.4.13): YAML through a safe loader with a ``!function`` tag; the
+    document is a mapping; each ``include`` (a path or a list of them, relative to the file) is read
+    the same way, recursively; an include cycle is an error. The canary test writes a file breaking
+    each rule and checks that lm-eval's index skips exactly the files this rejects.
+    """
+    import yaml
+
+    path = path.expanduser().resolve()
+    if path in _seen:
+        raise ValueError(f"include cycle at {path}")
+    with path.open("rb") as fh:
+        cfg = yaml.load(fh, Loader=_task_yaml_loader())  # noqa: S506 (a safe loader, see _task_yaml_loader)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"expected a mapping in {path}, got {type(cfg).__name__}")
+    includes = cfg.get("include", [])
+    for include in includes if isinstance(includes, list) else [includes]:
+        check_task_yaml(path.parent / include, _seen | {path})
 
 
 def include_paths(include_path: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -278,22 +338,15 @@ def _unreadable_task_files(paths: list[Path]) -> list[tuple[Path, str]]:
     lm-eval logs these at debug level and reports the task as unknown; the
     parse error itself is what a person needs.
     """
-    try:
-        from lm_eval.tasks._yaml_loader import load_yaml
-    except ImportError:  # another lm-eval layout: nothing more to say than "unknown task"
-        return []
     out = []
     for root in paths:
         for f in sorted(root.rglob("*.y*ml")):
             if f.suffix not in (".yaml", ".yml") or "__pycache__" in f.parts:
                 continue
             try:
-                cfg = load_yaml(f, resolve_func=False)
+                check_task_yaml(f)
             except Exception as exc:
                 out.append((f, f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"))
-                continue
-            if not isinstance(cfg, dict):
-                out.append((f, f"expected a mapping, got {type(cfg).__name__}"))
     return out
 
 
@@ -304,12 +357,31 @@ def find_tasks(names: Sequence[str], include_path: Any = None) -> None:
     _task_manager(include_paths(include_path), names)
 
 
-def load_tasks(names: Sequence[str], paths: list[Path]) -> tuple[Any, dict[str, Any]]:
+@dataclass(frozen=True)
+class LoadedTasks:
+    """lm-eval Task objects by name (leaf tasks of any group), their TaskManager, and their directories.
+
+    ``dirs``: the directory each task was loaded from (its YAML's), against which its relative
+    ``data_files`` were resolved: the cache key hashes those files. Kept here, by task name, never as an
+    attribute written onto lm-eval's objects.
+    """
+
+    manager: Any
+    tasks: dict[str, Any]
+    dirs: dict[str, Path]
+
+    def only(self, names: Sequence[str]) -> "LoadedTasks":
+        """These tasks only (in this order), with the same manager."""
+        return LoadedTasks(self.manager, {n: self.tasks[n] for n in names}, {n: self.dirs[n] for n in names})
+
+
+def load_tasks(names: Sequence[str], paths: list[Path]) -> LoadedTasks:
     """Build lm-eval Task objects (leaf tasks of any group) by name, with their TaskManager."""
     if not names:
         raise RetentionError("a retention check needs at least one task")
     tm = _task_manager(paths, names)
     tasks: dict[str, Any] = {}
+    dirs: dict[str, Path] = {}
     for name in names:
         entry = tm.task_index[name]
         where = Path(entry.yaml_path).parent if entry.yaml_path else Path.cwd()
@@ -322,9 +394,9 @@ def load_tasks(names: Sequence[str], paths: list[Path]) -> tuple[Any, dict[str, 
                 "(is its data file missing or empty?)"
             ) from exc
         for task_name, task in loaded["tasks"].items():
-            task._fg_dir = where  # where its relative data files live (for the cache key)
             tasks[task_name] = task
-    return tm, tasks
+            dirs[task_name] = where  # where its relative data files live (for the cache key)
+    return LoadedTasks(tm, tasks, dirs)
 
 
 # -- the cache key ----------------------------------------------------------------
@@ -350,8 +422,8 @@ def _stable(obj: Any) -> Any:
     return str(obj)
 
 
-def _data_hashes(task: Any) -> dict[str, str]:
-    """sha256 of every local data file the task reads."""
+def _data_hashes(task: Any, data_dir: Path) -> dict[str, str]:
+    """sha256 of every local data file the task reads (relative ones are in ``data_dir``)."""
     from .files import sha256_file
 
     kwargs = task.config.dataset_kwargs or {}
@@ -360,13 +432,13 @@ def _data_hashes(task: Any) -> dict[str, str]:
     out = {}
     for item in listed:
         for f in [item] if isinstance(item, str) else list(item):
-            path = Path(f) if os.path.isabs(f) else Path(task._fg_dir) / f
+            path = Path(f) if os.path.isabs(f) else data_dir / f
             out[str(f)] = sha256_file(path) if path.is_file() else "missing"
     return out
 
 
-def base_cache_key(task_name: str, task: Any, fingerprint: str, settings: dict[str, Any]) -> str:
-    """Everything that determines a model's per-item results on a task."""
+def base_cache_key(task_name: str, task: Any, data_dir: Path, fingerprint: str, settings: dict[str, Any]) -> str:
+    """Everything that determines a model's per-item results on a task (its relative data files in ``data_dir``)."""
     import lm_eval
 
     return cache_key(
@@ -375,7 +447,7 @@ def base_cache_key(task_name: str, task: Any, fingerprint: str, settings: dict[s
         task=task_name,
         config=_stable(task.dump_config()),
         version=str(getattr(task, "VERSION", None)),
-        data=_data_hashes(task),
+        data=_data_hashes(task, data_dir),
         lm_eval=getattr(lm_eval, "__version__", "?"),
         settings=settings,
     )
@@ -605,37 +677,22 @@ def run_lm_eval(
     With ``parallel`` (a ``torchrun`` launch) the HF backend's model calls are split between the
     ranks (:func:`_sharded_lm`); vLLM runs whole on every rank (it is one engine per process).
     """
-    from lm_eval import simple_evaluate
-
     handle.load()  # its own progress line, before lm-eval's
     label = f"lm-eval {', '.join(tasks)} on {handle.role} {handle.short_label}"
     with (
         progress.task(label),
         handle.active(),
         _quiet_lm_eval(),
-        _without_environment_report(),
-        _every_rank_gets_results(),
         progress.third_party_quiet(),
         finite_logits(handle),
     ):
         lm = _lm(handle, batch_size, seed, backend, warn or (lambda message: None))
         if parallel is not None and effective_backend(handle, backend) == "hf":
             lm = _sharded_lm(lm, parallel, handle)
-        res = simple_evaluate(
-            model=lm,
-            tasks=list(tasks.values()),
-            task_manager=task_manager,
-            num_fewshot=num_fewshot,
-            limit=None if samples is not None else limit,
-            samples=samples,
-            log_samples=True,
-            bootstrap_iters=0,
-            apply_chat_template=apply_chat_template,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        res = simple_evaluate_results(
+            lm, task_manager, tasks, num_fewshot=num_fewshot, limit=None if samples is not None else limit,
+            samples=samples, seed=seed, apply_chat_template=apply_chat_template,
+        )  # fmt: skip
     if res is None:
         raise RetentionError("lm-eval returned no results")
     try:
@@ -684,7 +741,7 @@ def finite_logits(handle: "ModelLike") -> Iterator[None]:
 
 def task_keys(
     handle: "ModelHandle",
-    tasks: dict[str, Any],
+    loaded: LoadedTasks,
     num_fewshot: int | None,
     limit: int | float | None,
     seed: int,
@@ -697,7 +754,10 @@ def task_keys(
             **(settings or {})}  # fmt: skip
     if effective_backend(handle, backend) != "hf":  # hf entries keep their keys
         full["backend"] = effective_backend(handle, backend)
-    return {name: base_cache_key(name, task, handle.fingerprint, full) for name, task in tasks.items()}
+    return {
+        name: base_cache_key(name, task, loaded.dirs[name], handle.fingerprint, full)
+        for name, task in loaded.tasks.items()
+    }
 
 
 def series_key(
@@ -717,9 +777,32 @@ def series_key(
 
     Two checks with the same series measure the same thing on the same base: their drops are comparable.
     """
-    _, tasks = load_tasks(names, include_paths(include_path))
-    keys = task_keys(base, tasks, num_fewshot, limit, seed, apply_chat_template, backend, settings)
+    loaded = load_tasks(names, include_paths(include_path))
+    keys = task_keys(base, loaded, num_fewshot, limit, seed, apply_chat_template, backend, settings)
     return cache_key(kind="retention", tasks=sorted(keys.items()), metric=metric, filter=filter_)
+
+
+def _cached_runs(
+    handle: "ModelHandle",
+    tasks: Sequence[str],
+    keys: dict[str, str],
+    cache: ResultCache | None,
+    parallel: "DataParallel | None",
+) -> dict[str, TaskRun]:
+    """The runs ``cache`` holds under ``keys`` (by task name); under ``parallel``, those every rank holds."""
+    runs: dict[str, TaskRun] = {}
+    if cache is not None:
+        for name, key in keys.items():
+            hit = cache.load(CACHE_NAMESPACE, key, validate=functools.partial(invalid_task_run, task=name))
+            if hit is not None:
+                runs[name] = TaskRun.from_json(hit)
+    if parallel is not None:
+        # A rank's cache may differ (one cache directory per node, an entry written a moment ago):
+        # a task any rank lacks is evaluated by all, or the ranks' model calls would not pair up.
+        held = parallel.exchange(f"lm-eval cache of {handle.role} for {', '.join(tasks)}", lambda: sorted(runs),
+                                 device="cpu")  # fmt: skip
+        runs = {n: r for n, r in runs.items() if all(n in h for h in held)}
+    return runs
 
 
 def evaluate(
@@ -752,25 +835,14 @@ def evaluate(
     """
     if backend not in BACKENDS:
         raise RetentionError(f"unknown retention backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    paths = include_paths(include_path)
-    tm, tasks = load_tasks(names, paths)
+    loaded = load_tasks(names, include_paths(include_path))
     if samples is not None:
-        tasks = {n: t for n, t in tasks.items() if samples.get(n)}
+        loaded = loaded.only([n for n in loaded.tasks if samples.get(n)])
         cache = None  # a partial run is never stored as, or served for, a full one
-    keys = {}
-    runs: dict[str, TaskRun] = {}
-    if cache is not None:
-        keys = task_keys(handle, tasks, num_fewshot, limit, seed, apply_chat_template, backend, settings)
-        for name in tasks:
-            hit = cache.load(CACHE_NAMESPACE, keys[name], validate=functools.partial(invalid_task_run, task=name))
-            if hit is not None:
-                runs[name] = TaskRun.from_json(hit)
-    if parallel is not None:
-        # A rank's cache may differ (one cache directory per node, an entry written a moment ago):
-        # a task any rank lacks is evaluated by all, or the ranks' model calls would not pair up.
-        held = parallel.exchange(f"lm-eval cache of {handle.role} for {', '.join(tasks)}", lambda: sorted(runs),
-                                 device="cpu")  # fmt: skip
-        runs = {n: r for n, r in runs.items() if all(n in h for h in held)}
+    tm, tasks = loaded.manager, loaded.tasks
+    keys = {} if cache is None else task_keys(handle, loaded, num_fewshot, limit, seed, apply_chat_template,
+                                              backend, settings)  # fmt: skip
+    runs = _cached_runs(handle, list(tasks), keys, cache, parallel)
     todo = {n: t for n, t in tasks.items() if n not in runs}
     if todo:
         fresh = run_lm_eval(
