@@ -59,6 +59,7 @@ class AdapterBase(Protocol):
 
     def attach_adapter(self, adapter_dir: Path, name: str) -> Any: ...
 
+
 # Loader hook: (spec, device, dtype) -> (model, tokenizer) or None.
 CustomLoader = Callable[[str, str, str], "tuple[Any, Any] | None"]
 
